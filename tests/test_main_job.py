@@ -1,0 +1,43 @@
+"The main job and the data commands, run as a user runs them: the `tamt` console script in a subprocess."
+import json, subprocess, sys
+from pathlib import Path
+
+TAMT = str(Path(sys.executable).parent / 'tamt')
+
+
+def run(*args, check=True):
+    r = subprocess.run([TAMT, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check: assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_main_job_end_to_end(tmp_path):
+    root = tmp_path / 'builtin'
+    r = run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
+    assert 'target_b  novel  5' in r.stdout and 'episode 0 of seed 3: 5-way 1-shot' in r.stdout
+    res = json.loads((tmp_path / 'res.json').read_text())
+    assert res['shape'] == [5, 3, 3, 16, 112, 112] and len(set(res['classes'])) == 5
+    assert res['summary']['source']['train']['classes'] == 24
+    # the same seed gives the same episode; the second run reuses the files
+    manifest = (root / 'manifest.json').stat().st_mtime_ns
+    res2 = json.loads(run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json') and (tmp_path / 'r2.json').read_text())
+    assert res2['episode'] == res['episode'] and (root / 'manifest.json').stat().st_mtime_ns == manifest
+
+
+def test_validate_command_lists_bad_videos(tmp_path):
+    root = tmp_path / 'builtin'
+    run('data', 'build', '--root', root, '--scale', 0.15)
+    split = root / 'target_a' / 'novel.json'
+    names = json.loads(split.read_text())['image_names']
+    (root / names[0]).write_bytes(b'broken')
+    (root / names[1]).unlink()
+    r = run('data', 'validate', split, '--data-root', root, '--report', tmp_path / 'bad.json', check=False)
+    assert r.returncode == 1
+    assert f'{names[0].split("/")[-1]}: cannot be opened' in r.stdout and 'missing file' in r.stdout
+    assert '2 bad of 15 videos' in r.stdout
+    assert len(json.loads((tmp_path / 'bad.json').read_text())) == 2
+
+
+def test_clear_error_for_bad_root(tmp_path):
+    r = run('data', 'validate', tmp_path / 'no.json', check=False)
+    assert r.returncode == 2 and 'no such split file' in r.stderr and 'Traceback' not in r.stderr
