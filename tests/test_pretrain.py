@@ -55,7 +55,7 @@ def test_two_processes_match_one(data, tmp_path):
     "torchrun, 2 CPU processes, gloo: one SSL step on a global batch of 8 equals the single-process step."
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     def run(out, *launch, batch):
-        over = ['-p', f'data_root="{data}"', '-p', 'max_steps=1', '-p', f'ssl_batch={batch}', '-p', 'ssl_epochs=1']
+        over = ['-p', f'data_root="{data}"', '-p', 'max_steps=1', '-p', f'ssl_batch={batch}', '-p', 'ssl_epochs=1', '-p', 'ssl_warmup_epochs=0']   # no warm-up: step 1 has lr > 0
         over += [x for k, v in TINY.items() for x in ('-p', f'{k}={json.dumps(v)}')]
         r = subprocess.run([*launch, 'pretrain', '--preset', 'cpu_tiny', '--out', str(out), '--stages', 'ssl', *over],
                            capture_output=True, text=True, timeout=600, env=env)
