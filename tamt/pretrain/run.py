@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import param_groups_weight_decay
-from ..core import ConfigError, rng_for, torch_gen_for, save_json, save_torch, load_torch
+from ..core import ConfigMixin, ConfigError, rng_for, torch_gen_for, save_json, save_torch, load_torch
 from ..models.vit import HTTNConfig
 from ..models.checkpoints import checkpoint_filter_fn, detect_format, _unpack
 from ..data.sources import VideoList, from_split
@@ -28,8 +28,9 @@ __all__ = ['PRESETS', 'PretrainConfig', 'preset', 'load_split', 'pretrain_ssl', 
 
 # %% ../../nbs/23_pretrain.run.ipynb #37275e88
 @dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigMixin):
     "Everything a pre-training run needs (recorded in the run's config.json)."
+    _what = 'pre-training parameters'
     model: dict = field(default_factory=dict)       # HTTNConfig overrides: sizes of the backbone
     # data
     train_split: str = 'builtin:source/train'       # 'builtin:<domain>/<split>' or a released-format split file
@@ -78,12 +79,6 @@ class PretrainConfig:
     max_steps: int|None = None                      # stop each stage after this many steps (the schedule still spans all epochs)
 
     def model_config(self) -> HTTNConfig: return HTTNConfig().update(**self.model)
-    def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
-    def update(self, **kw) -> 'PretrainConfig':
-        known = {f.name for f in fields(self)}
-        bad = sorted(set(kw) - known)
-        if bad: raise ConfigError(f"unknown pre-training parameters {bad}; known: {sorted(known)}")
-        return PretrainConfig(**{**asdict(self), **kw})
 
 PRESETS = {
     'vit_s_112': PretrainConfig(model=dict(embed_dim=384, depth=12, num_heads=6, img_size=112, num_frames=16), stride=2),
