@@ -20,7 +20,8 @@ def test_main_job_end_to_end(tmp_path):
     assert res['summary']['source']['train']['classes'] == 24
     # the same seed gives the same episode; the second run reuses the files
     manifest = (root / 'manifest.json').stat().st_mtime_ns
-    res2 = json.loads(run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json') and (tmp_path / 'r2.json').read_text())
+    run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
+    res2 = json.loads((tmp_path / 'r2.json').read_text())
     assert res2['episode'] == res['episode'] and (root / 'manifest.json').stat().st_mtime_ns == manifest
 
 

@@ -149,7 +149,7 @@ def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
     return [sum(v) / len(v) for _, v in sorted(out.items())]
 
 # %% ../../nbs/23_pretrain.run.ipynb #8ccf4a1f
-def _backbone_state(path, mcfg:HTTNConfig) -> dict:
+def _backbone_state(path) -> dict:
     "Backbone weights (VideoViT names) from an SSL / VideoMAE / tamt checkpoint file."
     state, _ = _unpack(load_torch(path), str(path))
     mapped, _ = checkpoint_filter_fn(state)
@@ -179,7 +179,7 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     torch.manual_seed(cfg.seed)
     net = VideoClassifier(mcfg, train.n_classes, cfg.head_drop)
     if init is not None:
-        missing, unexpected = net.backbone.load_state_dict(_backbone_state(init, mcfg), strict=False)
+        missing, unexpected = net.backbone.load_state_dict(_backbone_state(init), strict=False)
         if unexpected or [k for k in missing if not k.startswith('fc_norm')]:
             raise ConfigError(f"{init} does not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
     net.to(d.device)
