@@ -1,4 +1,5 @@
-"The main job and the data commands, run as a user runs them: the `tamt` console script in a subprocess."
+"""The data commands, run as a user runs them: the `tamt` console script in a subprocess (the main job, `tamt main`, is tested in
+test_experiments.py: it runs the pipeline notebook)."""
 import json, subprocess, sys
 from pathlib import Path
 
@@ -11,16 +12,17 @@ def run(*args, check=True):
     return r
 
 
-def test_main_job_end_to_end(tmp_path):
+def test_data_episode_end_to_end(tmp_path):
+    "`tamt data episode` (the first main job): build, summarise, load one seeded episode."
     root = tmp_path / 'builtin'
-    r = run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
+    r = run('data', 'episode', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
     assert 'target_b  novel  5' in r.stdout and 'episode 0 of seed 3: 5-way 1-shot' in r.stdout
     res = json.loads((tmp_path / 'res.json').read_text())
     assert res['shape'] == [5, 3, 3, 16, 112, 112] and len(set(res['classes'])) == 5
     assert res['summary']['source']['train']['classes'] == 24
     # the same seed gives the same episode; the second run reuses the files
     manifest = (root / 'manifest.json').stat().st_mtime_ns
-    run('main', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
+    run('data', 'episode', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
     res2 = json.loads((tmp_path / 'r2.json').read_text())
     assert res2['episode'] == res['episode'] and (root / 'manifest.json').stat().st_mtime_ns == manifest
 

@@ -1,0 +1,161 @@
+"""The experiment notebooks run through papermill with tiny parameters (a tiny model on a small built-in dataset), the main
+job (`tamt main`, the pipeline notebook), a 2-run sweep through `tamt sweep` with a failing third run, and bad parameters."""
+import csv, hashlib, json, subprocess, sys
+from pathlib import Path
+import nbformat
+import pytest
+import torch
+from tamt.core import ConfigError
+from tamt.experiments import EXPERIMENTS_DIR, check_params, experiment_notebooks, is_complete, run_experiment, run_sweep, Sweep
+
+TAMT = str(Path(sys.executable).parent / 'tamt')
+TINY = dict(embed_dim=64, depth=2, num_heads=1, img_size=32, num_frames=4, groups=2, taa_blocks=1)
+
+
+def tamt(*args):
+    return subprocess.run([TAMT, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def rows_of(path):
+    return list(csv.DictReader(open(path)))
+
+
+def snapshot(folder):
+    "{relative path: sha1} of every file under `folder`."
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    "A small built-in dataset: 3 classes per split, 4 videos per class (3 train + 1 test on the source)."
+    from tamt.data.synthetic import build_builtin
+    return build_builtin(tmp_path_factory.mktemp('data') / 'builtin', scale=0.2, domains=['source', 'target_a', 'target_b'],
+                         classes_per_split=3, progress=False)
+
+
+@pytest.fixture(scope='module')
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp('runs') / 'pretrain'
+    res = run_experiment('pretrain', out, dict(data=data, model=TINY, ssl_epochs=2, sl_epochs=1, num_workers=0, device='cpu',
+                                               overrides=dict(ssl_batch=4, sl_batch=4)))
+    return out, res
+
+
+def test_notebooks_are_papermill_sources():
+    "Each experiment notebook: a `parameters` cell with the common parameters, no export cells, no outputs, no injected cell."
+    assert sorted(experiment_notebooks()) == ['evaluate', 'finetune', 'pipeline', 'pretrain']
+    for name, path in experiment_notebooks().items():
+        nb = nbformat.read(path, as_version=4)
+        tags = [c.metadata.get('tags', []) for c in nb.cells]
+        assert sum('parameters' in t for t in tags) == 1 and not any('injected-parameters' in t for t in tags), name
+        params = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])).source
+        for p in ('data', 'device', 'seed', 'out_dir'): assert f'\n{p} = ' in '\n' + params, (name, p)
+        assert "device = 'auto'" in params and 'out_dir = None' in params
+        assert not any('#| export' in c.source for c in nb.cells), name
+        assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), name
+
+
+def test_bad_parameters_fail_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown parameter 'ft_epoch'; accepted: data, data_roots, splits_dir, source_train"):
+        run_experiment('pipeline', tmp_path / 'a', dict(ft_epoch=2))
+    with pytest.raises(ConfigError, match=r"parameter eval_episodes='100' is str, but eval_episodes takes int \(default 1000\)"):
+        run_experiment('pipeline', tmp_path / 'a', dict(eval_episodes='100'))
+    with pytest.raises(ConfigError, match=r"ssl_epochs=1.5 is float, but ssl_epochs takes int or None"):
+        run_experiment('pretrain', tmp_path / 'a', dict(ssl_epochs=1.5))
+    with pytest.raises(ConfigError, match=r"n_shot='1' is str"):
+        run_sweep(Sweep(notebook='evaluate', out=str(tmp_path / 's'), grid=dict(n_shot=[1, '1'])))
+    assert not (tmp_path / 'a').exists() and not (tmp_path / 's').exists()
+    # accepted: int for float, None where the default is None, a Path for a str, a tuple for a list
+    assert check_params('finetune', dict(lr=1, init=None, data=tmp_path, seed=3)) == dict(lr=1.0, init=None, data=str(tmp_path), seed=3)
+    assert check_params('pipeline', dict(shots=(1, 5), init=str(tmp_path)))['shots'] == [1, 5]
+    r = tamt('run', 'finetune', '--out', tmp_path / 'b', '-p', 'epochs', 'two')
+    assert r.returncode == 2 and "epochs='two' is str, but epochs takes int" in r.stderr and 'Traceback' not in r.stderr
+    r = tamt('run', 'finetune', '--out', tmp_path / 'b', '-p', 'epoch', '2')
+    assert r.returncode == 2 and "unknown parameter 'epoch'; accepted: init, method, data, target" in r.stderr
+    assert not (tmp_path / 'b').exists()
+
+
+def test_pretrain_notebook(pretrained):
+    out, res = pretrained
+    assert len(res['ssl_loss']) == 2 and all(v > 0 for v in res['ssl_loss'])
+    assert 0 <= res['sl_top1'] <= 1 and len(res['sl_top1_per_epoch']) == 1
+    assert Path(res['checkpoint']).is_file() and Path(res['checkpoint']).parent == out
+    assert json.loads((out / 'results.json').read_text())['checkpoint'] == res['checkpoint']
+    assert [r['stage'] for r in rows_of(out / 'curves.csv')] == ['ssl', 'ssl', 'sl']
+    assert (out / 'curves.html').stat().st_size > 1000 and is_complete(out)
+    executed = nbformat.read(out / 'pretrain.ipynb', as_version=4)             # the executed copy holds the parameters it ran with
+    assert any('injected-parameters' in c.metadata.get('tags', []) for c in executed.cells)
+    assert 'injected-parameters' not in (EXPERIMENTS_DIR / 'pretrain.ipynb').read_text()   # the source notebook is untouched
+
+
+def test_finetune_notebook(pretrained, data, tmp_path):
+    res = run_experiment('finetune', tmp_path / 'ft', dict(init=pretrained[1]['checkpoint'], data=data, target='target_b', n_way=3,
+                                                           n_shot=1, n_query=2, epochs=2, train_episodes=2, val_episodes=3,
+                                                           val_n_query=2, num_workers=0, device='cpu'))
+    assert len(res['val_acc']) == 2 and all(0 <= a <= 1 for a in res['val_acc']) and res['best_val'] == max(res['val_acc'])
+    assert Path(res['best_checkpoint']).is_file() and res['target'] == 'target_b'
+    assert [r['epoch'] for r in rows_of(tmp_path / 'ft' / 'val_acc.csv')] == ['1', '2']
+    assert len(rows_of(tmp_path / 'ft' / 'train.csv')) >= 1 and (tmp_path / 'ft' / 'curves.html').is_file()
+
+
+def test_evaluate_notebook(pretrained, data, tmp_path):
+    from tamt.fewshot.harness import evaluate_checkpoint
+    ck = pretrained[1]['checkpoint']
+    res = run_experiment('evaluate', tmp_path / 'ev', dict(checkpoint=ck, data=data, split='target_a/novel', n_way=3, n_shot=1,
+                                                           n_query=2, n_episodes=20, seed=4))
+    assert {k: res[k] for k in ('episodes', 'n_way', 'n_shot')} == dict(episodes=20, n_way=3, n_shot=1)
+    assert 0 <= res['acc_mean'] <= 1 and res['acc_ci95'] > 0
+    assert len(rows_of(tmp_path / 'ev' / 'episodes.csv')) == 20 and (tmp_path / 'ev' / 'accuracy.html').is_file()
+    torch.manual_seed(4)                                   # the notebook seeds what the source checkpoint lacks (the GTMT head)
+    direct = evaluate_checkpoint(ck, data / 'target_a' / 'novel.json', data, n_way=3, n_shot=1, n_query=2, n_episodes=20, seed=4,
+                                 progress=False)
+    assert res['acc_mean'] == pytest.approx(direct['acc_mean'])                  # the same seeded episodes as the library call
+
+
+def test_main_job_runs_the_pipeline(data, tmp_path):
+    "`tamt main` runs the pipeline notebook: pre-train, then per target fine-tune and evaluate each shot, HTTN and the frozen baseline."
+    out = tmp_path / 'main'
+    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1,
+             '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}', '-p', 'shots', '[1, 2]', '-p', 'n_way', 3,
+             '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 2,
+             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'target    way  shot  method  accuracy' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
+    res = json.loads((out / 'results.json').read_text())
+    got = sorted((x['target'], x['n_shot'], x['method']) for x in res['rows'])
+    assert got == sorted((t, k, m) for t in ('target_a', 'target_b') for k in (1, 2) for m in ('frozen', 'httn'))
+    assert all(0 <= x['acc_mean'] <= 1 and x['acc_ci95'] >= 0 and x['episodes'] == 10 for x in res['rows'])
+    for x in res['rows']: assert f"{x['target']}  3    {x['n_shot']}     {x['method']}" in r.stdout
+    assert len(rows_of(out / 'results.csv')) == 8 and len(rows_of(out / 'targets' / 'target_a' / 'results.csv')) == 4
+    assert (out / 'results.html').is_file() and (out / 'pretrain.html').is_file() and (out / 'pipeline.ipynb').is_file()
+    assert Path(res['pretrain']['checkpoint']).parent == out / 'pretrain' and is_complete(out)
+
+
+def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
+    "`tamt sweep`: 2 runs in parallel and one table; run again, both are skipped; a third value fails alone and is kept with its error."
+    root = tmp_path / 'sweep'
+    grid = tmp_path / 'grid.yaml'
+    head = (f"notebook: evaluate\nout: {root}\nparallel: 2\nparams:\n  checkpoint: {pretrained[1]['checkpoint']}\n  data: {data}\n"
+            f"  n_way: 3\n  n_query: 2\n  n_episodes: 10\n")
+    grid.write_text(head + "grid:\n  n_shot: [1, 2]\n")
+    r = tamt('sweep', grid)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = rows_of(root / 'table.csv')
+    assert [(t['run'], t['status'], t['n_shot']) for t in table] == [('n_shot=1', 'done', '1'), ('n_shot=2', 'done', '2')]
+    assert all(0 <= float(t['acc_mean']) <= 1 for t in table) and (root / 'table.html').is_file()
+    assert is_complete(root / 'n_shot=1') and is_complete(root / 'n_shot=2')
+    before = {n: snapshot(root / n) for n in ('n_shot=1', 'n_shot=2')}
+    r = tamt('sweep', grid, '--parallel', 1)
+    assert r.returncode == 0 and r.stdout.count('complete, skipped') == 2
+    grid.write_text(head + "grid:\n  n_shot: [1, 2, 9]\n")                      # 9 shots + 2 queries: more videos than a class has
+    r = tamt('sweep', grid)
+    assert r.returncode == 1 and 'failed: n_shot=9' in r.stdout
+    table = rows_of(root / 'table.csv')
+    assert [(t['run'], t['status']) for t in table] == [('n_shot=1', 'done'), ('n_shot=2', 'done'), ('n_shot=9', 'failed')]
+    assert table[2]['error'] and table[2]['acc_mean'] == '' and table[0]['acc_mean'] != ''
+    failed = json.loads((root / 'n_shot=9' / 'failed.json').read_text())
+    assert failed['status'] == 'failed' and failed['error'] in table[2]['error']
+    executed = nbformat.read(root / 'n_shot=9' / 'evaluate.ipynb', as_version=4)
+    assert any(o.get('output_type') == 'error' for c in executed.cells for o in c.get('outputs', []))
+    assert not is_complete(root / 'n_shot=9')
+    assert {n: snapshot(root / n) for n in before} == before                    # the other runs' folders are untouched
