@@ -117,10 +117,11 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
     out = tmp_path / 'main'
     r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1,
              '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}', '-p', 'shots', '[1, 2]', '-p', 'n_way', 3,
-             '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 2,
-             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu')
+             '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 1,
+             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu',
+             '-p', 'source_episodic_epochs', 1)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'target    way  shot  method  accuracy' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
+    assert 'target    way  shot  method  accuracy' in r.stdout and 'episodic training on the source classes' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
     res = json.loads((out / 'results.json').read_text())
     got = sorted((x['target'], x['n_shot'], x['method']) for x in res['rows'])
     assert got == sorted((t, k, m) for t in ('target_a', 'target_b') for k in (1, 2) for m in ('frozen', 'httn'))
@@ -129,6 +130,10 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
     assert len(rows_of(out / 'results.csv')) == 8 and len(rows_of(out / 'targets' / 'target_a' / 'results.csv')) == 4
     assert (out / 'results.html').is_file() and (out / 'pretrain.html').is_file() and (out / 'pipeline.ipynb').is_file()
     assert Path(res['pretrain']['checkpoint']).parent == out / 'pretrain' and is_complete(out)
+    # the source episodic stage ran (1 epoch of 2 episodes) and every target started from its model
+    assert res['source_episodic']['epochs'] == 1 and len(res['source_episodic']['train_loss']) >= 1
+    assert res['start_checkpoint'] == str(out / 'pretrain' / 'episodic' / 'last.pt') and Path(res['start_checkpoint']).is_file()
+    assert json.loads((out / 'targets' / 'target_a' / 'target_a_httn_1shot' / 'config.json').read_text())['init'] == res['start_checkpoint']
 
 
 def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
@@ -159,3 +164,13 @@ def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
     assert any(o.get('output_type') == 'error' for c in executed.cells for o in c.get('outputs', []))
     assert not is_complete(root / 'n_shot=9')
     assert {n: snapshot(root / n) for n in before} == before                    # the other runs' folders are untouched
+
+
+def test_pipeline_refuses_source_episodes_that_do_not_fit_before_training(data, tmp_path):
+    "The source episodic stage's episodes are checked in the set-up cell: a too-small source split fails before any pre-training."
+    out = tmp_path / 'p'
+    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'shots', '[5]', '-p', 'ft_n_query', 5,
+             '-p', 'source_episodic_epochs', 1, '-p', 'device', 'cpu')
+    assert r.returncode == 1
+    assert 'fewer than n_shot + n_query = 10 videos' in r.stderr and 'move_left' in r.stderr
+    assert not (out / 'pretrain').exists()                                         # nothing trained
