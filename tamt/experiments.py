@@ -257,8 +257,7 @@ def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_nam
     todo = [(n, p) for n, p in runs if not is_complete(root/n)]
     for n in sorted(set(names) - {n for n, _ in todo}): log(f"{n}: complete, skipped")
     if todo and _needs_builtin(nb, todo):                      # build the built-in dataset once, not in every run at the same time
-        from tamt.data.synthetic import DEFAULT_ROOT, build_builtin
-        if not (DEFAULT_ROOT/'manifest.json').exists(): build_builtin(DEFAULT_ROOT, progress=False)
+        builtin_root('builtin')
     threads = max(1, (os.cpu_count() or 1) // min(n_par, max(1, len(todo)))) if n_par > 1 else None
     def finished(i, n, r):
         log(f"[{i}/{len(todo)}] {n}: {r['status']} in {r['seconds']} s" + (f" — {r['error']}" if r['error'] else ''))
@@ -346,10 +345,8 @@ def sweep_figure(rows:list[dict], metric:str|None=None, title:str='sweep'):
 # %% ../nbs/50_experiments.ipynb #74b2d915
 def builtin_root(data) -> Path|None:
     "The built-in dataset's folder when `data` is 'builtin' (generated if missing) or a folder holding one; else None."
-    from tamt.data.synthetic import DEFAULT_ROOT, build_builtin
-    if data in (None, 'builtin'):
-        if not (DEFAULT_ROOT/'manifest.json').exists(): build_builtin(DEFAULT_ROOT, progress=False)
-        return DEFAULT_ROOT
+    from tamt.data.synthetic import ensure_builtin
+    if data in (None, 'builtin'): return ensure_builtin()
     m = _read(Path(data)/'manifest.json')
     return Path(data) if isinstance(m, dict) and m.get('generator') == 'tamt.data.synthetic' else None
 

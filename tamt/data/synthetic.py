@@ -15,7 +15,8 @@ from .video import write_video
 # %% auto #0
 __all__ = ['DIRECTIONS', 'MOTIONS', 'DOMAINS', 'SPLITS', 'CLASSES', 'HEIGHT', 'WIDTH', 'FPS', 'MIN_FRAMES', 'MAX_FRAMES',
            'SHAPES', 'DOMAIN_STYLE', 'VERSION', 'VIDEOS_PER_CLASS', 'SOURCE_TEST_FRACTION', 'DEFAULT_ROOT',
-           'list_classes', 'render_video', 'videos_per_class', 'builtin_status', 'build_builtin', 'builtin_summary']
+           'list_classes', 'render_video', 'videos_per_class', 'builtin_status', 'build_builtin', 'ensure_builtin',
+           'builtin_summary']
 
 # %% ../../nbs/08_data.synthetic.ipynb #21cf1a39
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1),
@@ -385,6 +386,13 @@ def build_builtin(root=None, seed:int=0, scale:float=1.0, n_workers:int|None=Non
                     domains={d: dict(style=DOMAIN_STYLE[d], split_files={s: f'{d}/{s}.json' for s in sp}, classes=sp) for d, sp in plan.items()},
                     files=files)
     save_json(manifest, root / 'manifest.json')
+    return root
+
+# %% ../../nbs/08_data.synthetic.ipynb #a9036970
+def ensure_builtin(root=None) -> Path:
+    "The built-in dataset at `root` (default `data/builtin`): the complete build already there as it is, else the default build, made now."
+    root = Path(DEFAULT_ROOT if root is None else root)
+    if not (root/'manifest.json').exists(): build_builtin(root, progress=False)
     return root
 
 # %% ../../nbs/08_data.synthetic.ipynb #a23f3361

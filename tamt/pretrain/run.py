@@ -100,9 +100,8 @@ def preset(name:str, **overrides) -> PretrainConfig:
 def load_split(spec:str, data_root=None) -> VideoList:
     "Videos of 'builtin:<domain>/<split>' or of a split file."
     if spec.startswith('builtin:'):
-        from tamt.data.synthetic import build_builtin, DEFAULT_ROOT
-        root = Path(data_root or DEFAULT_ROOT)
-        if not (root/'manifest.json').exists(): build_builtin(root, progress=False)   # a build already there is used as it is
+        from tamt.data.synthetic import ensure_builtin
+        root = ensure_builtin(data_root)                       # a build already there is used as it is
         return from_split(root/(spec[len('builtin:'):] + '.json'), root)
     return from_split(spec, data_root)
 
