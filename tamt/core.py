@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_core.ipynb #86b99084
 from __future__ import annotations
-import os, json, tempfile, random, contextlib, hashlib, dataclasses
+import os, csv, json, tempfile, random, contextlib, hashlib, dataclasses
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['TamtError', 'VideoError', 'DataError', 'ConfigError', 'seed_seq', 'rng_for', 'torch_gen_for', 'set_seed',
-           'atomic_path', 'save_json', 'save_torch', 'load_torch', 'ConfigMixin', 'pick_device']
+           'atomic_path', 'save_json', 'save_csv', 'save_torch', 'load_torch', 'ConfigMixin', 'pick_device']
 
 # %% ../nbs/00_core.ipynb #9a639af4
 class TamtError(Exception):
@@ -71,6 +71,14 @@ def atomic_path(path, suffix:str=''):
 def save_json(obj, path, indent:int=2):
     "Write `obj` as JSON to `path` atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(json.dumps(obj, indent=indent, default=_json_default))
+    return Path(path)
+
+def save_csv(rows:list[dict], path, cols:list|None=None) -> Path:
+    "`rows` as CSV at `path`, written atomically; columns: `cols` (other keys left out) or every key in order of appearance."
+    cols = cols or list(dict.fromkeys(k for r in rows for k in r)) or ['empty']
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
     return Path(path)
 
 def _json_default(o):

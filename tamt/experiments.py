@@ -4,18 +4,18 @@
 
 # %% ../nbs/50_experiments.ipynb #7ec2e98c
 from __future__ import annotations
-import ast, csv, hashlib, itertools, json, os, re, sys, time, traceback, importlib, contextlib
+import ast, hashlib, itertools, json, os, re, sys, time, traceback, importlib, contextlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 import multiprocessing as mp
 import tamt
-from .core import TamtError, ConfigError, ConfigMixin, save_json, atomic_path
+from .core import TamtError, ConfigError, ConfigMixin, save_json, save_csv, atomic_path
 
 # %% auto #0
 __all__ = ['REPO', 'EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'experiment_notebooks', 'notebook_path', 'notebook_params',
            'check_params', 'describe_params', 'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep',
-           'load_sweep', 'expand_grid', 'run_name', 'run_sweep', 'write_csv', 'write_figure', 'collect', 'sweep_figure',
+           'load_sweep', 'expand_grid', 'run_name', 'run_sweep', 'write_figure', 'collect', 'sweep_figure',
            'builtin_root', 'splits_dirs', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
@@ -272,14 +272,6 @@ def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_nam
     return collect(root, names, sw.grid, sw.metric, nb.stem)
 
 # %% ../nbs/50_experiments.ipynb #e6fc689f
-def write_csv(rows:list[dict], path, cols:list|None=None) -> Path:
-    "`rows` as CSV at `path`, written atomically; columns: `cols` or every key in order of appearance."
-    cols = cols or list(dict.fromkeys(k for r in rows for k in r)) or ['empty']
-    with atomic_path(path) as tmp:
-        with open(tmp, 'w', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
-    return Path(path)
-
 def write_figure(fig, path) -> Path:
     "A plotly figure as an HTML file at `path`, written atomically."
     with atomic_path(path) as tmp: fig.write_html(str(tmp), include_plotlyjs='cdn')
@@ -318,7 +310,7 @@ def collect(root, runs:list|None=None, grid:dict|None=None, metric:str|None=None
     cols = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{c: r.get(c) for c in cols} for r in rows]
     save_json(rows, root/'table.json')
-    write_csv(rows, root/'table.csv', cols or ['run'])
+    save_csv(rows, root/'table.csv', cols or ['run'])
     write_figure(sweep_figure(rows, metric, title), root/'table.html')
     return rows
 

@@ -4,11 +4,11 @@
 
 # %% ../../nbs/32_fewshot.harness.ipynb #9978ded4
 from __future__ import annotations
-import csv, json, time
+import json, time
 from pathlib import Path
 import torch
 import plotly.graph_objects as go
-from ..core import save_json, ConfigError
+from ..core import save_json, save_csv, ConfigError
 from ..models.checkpoints import load_model
 from ..data.sources import VideoList, from_split
 from .evaluate import evaluate
@@ -53,9 +53,7 @@ def compare(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, 
 
 def write_table(rows:list[dict], out_dir):
     "results.json and results.csv in `out_dir`."
-    out = Path(out_dir); save_json(rows, out/'results.json')
-    with open(out/'results.csv', 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
+    out = Path(out_dir); save_json(rows, out/'results.json'); save_csv(rows, out/'results.csv', FIELDS)
 
 def results_figure(rows:list[dict], title:str='5-way accuracy on novel classes (95 % interval)') -> go.Figure:
     "Grouped bars: accuracy per method, one group per (target, shot), with 95 % intervals."
