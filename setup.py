@@ -1,5 +1,5 @@
 from configparser import ConfigParser
-import setuptools, shlex
+import glob, setuptools, shlex
 
 # note: all settings are in settings.ini; edit there, not here
 config = ConfigParser(delimiters=['='])
@@ -53,6 +53,8 @@ setuptools.setup(
     long_description = open('README.md', encoding='utf-8').read(),
     long_description_content_type = 'text/markdown',
     zip_safe = False,
+    # the experiment notebooks, for `tamt run` in a pip-installed package (tamt.experiments looks in <prefix>/share/tamt)
+    data_files = [('share/tamt/experiments', sorted(glob.glob('nbs/experiments/*.ipynb')))],
     entry_points = {
         'console_scripts': cfg.get('console_scripts','').split(),
         'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']

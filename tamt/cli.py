@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument('--init', default=None, help='checkpoint the SL stage starts from when SSL is not run')
     pr.add_argument('-p', '--set', action='append', default=[], metavar='KEY=VALUE', help='override a recipe parameter (JSON value), e.g. -p ssl_epochs=2')
     ev = sub.add_parser('evaluate', help='N-way K-shot accuracy of a checkpoint on a split file (released or tamt)')
-    ev.add_argument('checkpoint'); ev.add_argument('split', help='a released-format split file, e.g. splits/hmdb51-molo/novel.json')
+    ev.add_argument('checkpoint'); ev.add_argument('split', help="a split set and split name, e.g. 'hmdb51-molo/novel', or a released-format split file")
     ev.add_argument('--data-root', default=None); ev.add_argument('--way', type=int, default=5); ev.add_argument('--shot', type=int, default=5)
     ev.add_argument('--query', type=int, default=12); ev.add_argument('--episodes', type=int, default=10000); ev.add_argument('--seed', type=int, default=0)
     ev.add_argument('--protocol', default='cached', help="'cached' (each video embedded once), 'reembed', or 'released' (random view per episode)")
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument('-p', '--set', action='append', default=[], metavar='KEY=VALUE', help='model configuration override, e.g. -p num_frames=16')
     d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True)
     e = d.add_parser('episode', help='the data check: build the built-in dataset, summarise it, load one seeded episode')
-    e.add_argument('--root', default=None, help='where the built-in dataset lives (default: data/builtin in the repository)')
+    e.add_argument('--root', default=None, help='where the built-in dataset lives (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)')
     e.add_argument('--seed', type=int, default=0); e.add_argument('--scale', type=float, default=1.0)
     e.add_argument('--domain', default='target_a'); e.add_argument('--way', type=int, default=5)
     e.add_argument('--shot', type=int, default=1); e.add_argument('--query', type=int, default=2)
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('--workers', type=int, default=None)
     s = d.add_parser('summary', help='summarise the built-in dataset'); s.add_argument('--root', default=None)
     v = d.add_parser('validate', help='list every missing, unreadable or too short video of a split file, folder or list')
-    v.add_argument('source', help='a split .json, a .txt list of "path label", or a folder with one sub-folder per class')
+    v.add_argument('source', help='a split .json or split set name (hmdb51-molo/novel), a .txt list of "path label", or a folder with one sub-folder per class')
     v.add_argument('--data-root', default=None, help='remap split paths onto this folder')
     v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='decord')
     v.add_argument('--workers', type=int, default=4); v.add_argument('--report', default=None, help='write the bad videos as JSON here')
@@ -144,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
 def _load_source(source, data_root=None):
     from tamt.data.sources import from_split, from_list, from_folder
     p = Path(source)
-    if p.suffix == '.json': return from_split(p, data_root, missing='skip')
+    if p.is_dir(): return from_folder(p)
     if p.suffix == '.txt': return from_list(p, data_root)
-    return from_folder(p)
+    return from_split(source, data_root, missing='skip')          # a split file, or a split set name ('hmdb51-molo/novel')
 
 def parse_overrides(items:list[str]) -> dict:
     "['a=1', 'b=\"x\"', 'c=[1,2]'] → {'a': 1, 'b': 'x', 'c': [1, 2]}; values are JSON, else plain strings."
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
             return 1 if bad else 0
     except ExperimentFailed as e:
         print(f"tamt: the run failed: {e}", file=sys.stderr); return 1
-    except TamtError as e:
+    except (TamtError, FileNotFoundError) as e:
         print(f"tamt: error: {e}", file=sys.stderr); return 2
     return 0
 

@@ -4,26 +4,30 @@
 
 # %% ../nbs/50_experiments.ipynb #7ec2e98c
 from __future__ import annotations
-import ast, hashlib, itertools, json, os, re, sys, time, traceback, importlib, contextlib
+import ast, hashlib, itertools, json, os, re, site, sys, time, traceback, importlib, contextlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 import multiprocessing as mp
-import tamt
-from .core import TamtError, ConfigError, ConfigMixin, save_json, save_csv, atomic_path
+from .core import TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
 
 # %% auto #0
-__all__ = ['REPO', 'EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'experiment_notebooks', 'notebook_path', 'notebook_params',
-           'check_params', 'describe_params', 'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep',
-           'load_sweep', 'expand_grid', 'run_name', 'run_sweep', 'write_figure', 'collect', 'sweep_figure',
-           'builtin_root', 'splits_dirs', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
+__all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'experiment_notebooks', 'notebook_path', 'source_params',
+           'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params', 'ExperimentFailed',
+           'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name', 'run_sweep',
+           'write_figure', 'collect', 'sweep_figure', 'builtin_root', 'split_file', 'load_videos', 'default_out',
+           'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
-REPO = Path(tamt.__file__).resolve().parent.parent
-EXPERIMENTS_DIR = REPO/'nbs'/'experiments'
+def _experiments_dir() -> Path:
+    if PROJECT is not None: return PROJECT/'nbs'/'experiments'
+    dirs = [Path(b)/'share'/'tamt'/'experiments' for b in (sys.prefix, site.getuserbase())]
+    return next((d for d in dirs if d.is_dir()), dirs[0])
+
+EXPERIMENTS_DIR = _experiments_dir()
 
 def experiment_notebooks() -> dict:
-    "{name: path} of the experiment notebooks in `nbs/experiments`."
+    "{name: path} of the experiment notebooks in `EXPERIMENTS_DIR`."
     return {p.stem: p for p in sorted(EXPERIMENTS_DIR.glob('*.ipynb'))}
 
 def notebook_path(notebook) -> Path:
@@ -53,19 +57,27 @@ def _type_names(declared:str|None, default) -> tuple|None:
     if default is _ANY or default is None: return None
     return (type(default).__name__,)
 
-def notebook_params(notebook) -> dict:
-    "{name: dict(default, types, help)} of the notebook's `parameters` cell, in its order (`types` None: any value)."
-    import papermill as pm
-    path = notebook_path(notebook)
-    raw = pm.inspect_notebook(str(path))
-    if not raw: raise ConfigError(f"{path}: no cell tagged 'parameters', so it takes no parameters")
+def _spec(raw) -> dict:
     out = {}
-    for name, p in raw.items():
-        try: default = ast.literal_eval(p['default'])
+    for p in raw:
+        try: default = ast.literal_eval(p.default)
         except (ValueError, SyntaxError): default = _ANY
-        out[name] = dict(default=None if default is _ANY else default, types=_type_names(p['inferred_type_name'], default),
-                         help=p['help'])
+        out[p.name] = dict(default=None if default is _ANY else default, types=_type_names(p.inferred_type_name, default), help=p.help)
     return out
+
+def source_params(source:str) -> dict:
+    "{name: dict(default, types, help)} of a `parameters` cell's source, as papermill reads it (`types` None: any value)."
+    import nbformat
+    from papermill.translators import PythonTranslator
+    return _spec(PythonTranslator.inspect(nbformat.v4.new_code_cell(source)))
+
+def notebook_params(notebook) -> dict:
+    "The parameters (`source_params`) of the notebook's cell tagged `parameters`, in its order."
+    import nbformat
+    path = notebook_path(notebook)
+    cell = next((c for c in nbformat.read(path, as_version=4).cells if 'parameters' in c.metadata.get('tags', [])), None)
+    if cell is None: raise ConfigError(f"{path}: no cell tagged 'parameters', so it takes no parameters")
+    return source_params(cell.source)
 
 # %% ../nbs/50_experiments.ipynb #4bf2adb2
 def _plain(v):
@@ -95,20 +107,22 @@ def _check_value(name:str, v, types, default, where:str):
         v = [_check_value(f'{name}[{i}]', x, _type_names(None, default[0]), default[0], where) for i, x in enumerate(v)]
     return v
 
+def check_values(spec:dict, params:dict, where:str) -> dict:
+    "`params` checked against `spec` (`source_params`): unknown names and wrong types raise a `ConfigError` naming them."
+    bad = [k for k in params if k not in spec]
+    if bad: raise ConfigError(f"{where}: unknown parameter{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
+                              f"accepted: {', '.join(spec)}")
+    return {k: _check_value(k, v, spec[k]['types'], spec[k]['default'], where) for k, v in params.items()}
+
 def check_params(notebook, params:dict) -> dict:
     "`params` checked against the notebook's parameters (names and types) and made papermill-ready; raises `ConfigError`."
-    path = notebook_path(notebook); spec = notebook_params(path)
-    bad = [k for k in params if k not in spec]
-    if bad: raise ConfigError(f"{path.name}: unknown parameter{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))}; "
-                              f"accepted: {', '.join(spec)}")
-    out = {}
-    for k, v in params.items():
-        v = _plain(v)
+    path = notebook_path(notebook)
+    out = {k: _plain(v) for k, v in params.items()}
+    for k, v in out.items():
         try: json.dumps(v)
         except TypeError: raise ConfigError(f"{path.name}: parameter {k}={v!r} ({type(v).__name__}) cannot be written into a "
                                             f"notebook; use str, int, float, bool, None, lists and dicts of them") from None
-        out[k] = _check_value(k, v, spec[k]['types'], spec[k]['default'], path.name)
-    return out
+    return check_values(notebook_params(path), out, path.name)
 
 def describe_params(notebook) -> str:
     "The notebook's parameters, one line each: name, type, default, help."
@@ -116,6 +130,19 @@ def describe_params(notebook) -> str:
     w = max(map(len, spec))
     return '\n'.join(f"  {k:<{w}}  {'|'.join(p['types']) if p['types'] else 'any':<9} = {p['default']!r:<18} {p['help']}"
                      for k, p in spec.items())
+
+# %% ../nbs/50_experiments.ipynb #ecb9d189
+def guard_params(where:str='this notebook'):
+    "In an experiment notebook, the cell after `parameters`: refuse papermill-injected names it does not declare, and wrong types."
+    try: ip = get_ipython()                                  # noqa: F821 (IPython's builtin inside a kernel)
+    except NameError: return
+    hist = [s for s in ip.user_ns.get('In', []) if s.strip()]
+    if len(hist) < 2: return
+    injected = hist[-2] if hist[-2].lstrip().startswith('# Parameters') else None
+    declared = hist[-3] if injected is not None and len(hist) >= 3 else hist[-2]
+    spec = source_params(declared)
+    names = list(source_params(injected)) if injected is not None else []
+    check_values(spec, {k: ip.user_ns.get(k) for k in dict.fromkeys(names + list(spec))}, where)
 
 # %% ../nbs/50_experiments.ipynb #564f12cb
 class ExperimentFailed(TamtError):
@@ -342,29 +369,18 @@ def builtin_root(data) -> Path|None:
     m = _read(Path(data)/'manifest.json')
     return Path(data) if isinstance(m, dict) and m.get('generator') == 'tamt.data.synthetic' else None
 
-def splits_dirs(splits_dir=None) -> list[Path]:
-    "Where released split sets are looked up, in order."
-    c = [splits_dir, os.environ.get('TAMT_SPLITS'), REPO/'splits', REPO.parent/'shared'/'splits']
-    return [Path(p) for p in c if p]
-
 def split_file(spec, data='builtin', splits_dir=None) -> tuple:
     "(split file, data root) for a split `spec` on `data`."
+    from tamt.data.sources import find_split
     spec = str(spec); b = builtin_root(data)
-    own = [Path(spec), Path(f'{spec}.json')]                   # a split file, with or without its .json
     if b is not None:
-        for f in [b/f'{spec}.json', b/spec] + own:
+        for f in [b/f'{spec}.json', b/spec, Path(spec), Path(f'{spec}.json')]:
             if f.suffix == '.json' and f.is_file(): return f, b
         have = sorted(str(p.relative_to(b))[:-5] for p in b.glob('*/*.json'))
         raise ConfigError(f"split {spec!r} is not a split of the built-in dataset at {b}; it has {have}")
     root = Path(data)
     if not root.is_dir(): raise ConfigError(f"data={str(data)!r} is neither 'builtin' nor a folder (a built-in dataset or a data root)")
-    for f in own:
-        if f.suffix == '.json' and f.is_file(): return f, root
-    tried = [d/f'{spec}.json' for d in splits_dirs(splits_dir)]
-    for f in tried:
-        if f.is_file(): return f, root
-    raise ConfigError(f"split {spec!r}: not a split file, nor a released split set ('<set>/<split>', e.g. 'hmdb51-molo/novel'); "
-                      f"tried {', '.join(map(str, tried))}. Pass splits_dir= the folder holding the released split sets")
+    return find_split(spec, splits_dir), root
 
 def load_videos(spec, data='builtin', splits_dir=None):
     "The `VideoList` of split `spec` on `data` (released paths remapped onto the data root)."
@@ -373,8 +389,8 @@ def load_videos(spec, data='builtin', splits_dir=None):
     return from_split(f, root)
 
 def default_out(name:str) -> Path:
-    "Run folder of an experiment notebook run by hand with `out_dir=None`: `runs/experiments/<name>` in the repository."
-    return REPO/'runs'/'experiments'/name
+    "Run folder of an experiment notebook run by hand with `out_dir=None`: `runs/experiments/<name>` in the checkout (else here)."
+    return (PROJECT or Path.cwd())/'runs'/'experiments'/name
 
 # %% ../nbs/50_experiments.ipynb #acbd91fa
 def text_table(rows:list[dict], cols:list|None=None) -> str:

@@ -1,10 +1,10 @@
 "Released split files remapped onto a data root; the other sources; their errors."
-import json, shutil
+import json, shutil, subprocess, sys
 from pathlib import Path, PurePosixPath
 import numpy as np, pytest, torch
 from tamt.core import DataError
 from tamt.data.video import write_video
-from tamt.data.sources import from_split, from_folder, from_list, read_split_file, validate
+from tamt.data.sources import from_split, from_folder, from_list, read_split_file, validate, find_split, RELEASED_SPLITS
 from tamt.data.episodes import EpisodeSampler
 from tamt.data.datasets import EpisodeDataset, episode_loader
 from tamt.data.sampling import SegmentSampler
@@ -15,8 +15,7 @@ from conftest import moving_bar
 @pytest.fixture(scope='module')
 def hmdb_tree(tmp_path_factory):
     "hmdb51-molo/novel.json's files as tiny real videos under <root>/hmdb51_org/<class>/<file>."
-    from conftest import SHARED
-    split = SHARED / 'splits' / 'hmdb51-molo' / 'novel.json'
+    split = find_split('hmdb51-molo/novel')
     names, labels = read_split_file(split)
     root = tmp_path_factory.mktemp('data')
     src = {}
@@ -61,11 +60,46 @@ def test_split_errors(hmdb_tree, tmp_path):
     assert len(from_split(part, root, missing='skip').skipped) == 1
 
 
-def test_all_released_splits_parse(shared):
-    sizes = {'hmdb51-molo': (31, 10, 10), 'ucf101-molo': (70, 10, 21), 'SSv2Full': (64, 12, 24), 'diving48': (36, 6, 6), 'rareact_cut': (48, 8, 8)}
-    for name, ncls in sizes.items():
-        got = [len(set(read_split_file(shared / 'splits' / name / f'{s}.json')[1])) for s in ('base', 'val', 'novel')]
-        assert tuple(got) == ncls, name
+# the spec's table (videos / classes of base, val, novel), TAMT.md section 8
+SPEC_SIZES = {'hmdb51-molo': [(4280, 31), (1194, 10), (1292, 10)], 'ucf101-molo': [(9154, 70), (1421, 10), (2745, 21)],
+              'SSv2Full': [(67013, 64), (1926, 12), (2857, 24)], 'diving48': [(13478, 36), (1632, 6), (2929, 6)],
+              'rareact_cut': [(3897, 48), (638, 8), (608, 8)]}
+
+
+def test_released_splits_ship_with_the_package(tmp_path):
+    """Every released split resolves by name from a folder outside the repository (another process, another working directory),
+    with the videos and classes of the spec's table, and base, val and novel classes disjoint."""
+    code = ("import json; from tamt.data.sources import find_split, read_split_file\n"
+            "out = {}\n"
+            f"for s in {list(SPEC_SIZES)!r}:\n"
+            "    for p in ('base', 'val', 'novel'):\n"
+            "        f = find_split(f'{s}/{p}'); names, labels = read_split_file(f)\n"
+            "        out[f'{s}/{p}'] = [str(f), len(names), sorted(set(n.split('/')[-2] for n in names))[:3], sorted(set(labels))]\n"
+            "print(json.dumps(out))")
+    r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in __import__('os').environ.items() if k != 'TAMT_SPLITS'})
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert set(RELEASED_SPLITS) == set(SPEC_SIZES)
+    for name, sizes in SPEC_SIZES.items():
+        files = {p: got[f'{name}/{p}'] for p in ('base', 'val', 'novel')}
+        assert [(n, len(lab)) for _, n, _, lab in files.values()] == sizes, name
+        assert all(Path(f).name.endswith('.json.gz') and 'shared' not in Path(f).parts for f, *_ in files.values()), name
+    total = sum(Path(f).stat().st_size for f, *_ in got.values())
+    assert total < 600_000, total                                                  # compact: about 0.5 MB in all
+    # classes are disjoint between base, val and novel (by their folder names, where the set has them)
+    hm = {p: {n.split('/')[-2] for n in read_split_file(find_split(f'hmdb51-molo/{p}'))[0]} for p in ('base', 'val', 'novel')}
+    assert not (hm['base'] & hm['val']) and not (hm['base'] & hm['novel']) and not (hm['val'] & hm['novel'])
+
+
+def test_own_split_sets_come_first(tmp_path, monkeypatch):
+    own = tmp_path / 'mine' / 'hmdb51-molo'; own.mkdir(parents=True)
+    (own / 'novel.json').write_text(json.dumps({'image_names': ['/x/fencing/a.avi'], 'image_labels': [0]}))
+    monkeypatch.setenv('TAMT_SPLITS', str(tmp_path / 'mine'))
+    assert find_split('hmdb51-molo/novel') == own / 'novel.json'
+    assert find_split('hmdb51-molo/base').name == 'base.json.gz'                  # the others: the released ones
+    with pytest.raises(DataError, match=r"split 'hmdb51-molo/test': no such split file, nor a split set"):
+        find_split('hmdb51-molo/test')
 
 
 def test_folder_and_list_sources(tmp_path):

@@ -4,18 +4,20 @@
 
 # %% ../../nbs/04_data.sources.ipynb #c41e9264
 from __future__ import annotations
-import json, os
+import gzip, json, os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
+import tamt
 from ..core import DataError, VideoError
 from .video import open_video
 
 # %% auto #0
-__all__ = ['VIDEO_EXTS', 'VideoList', 'from_folder', 'read_split_file', 'from_split', 'from_list', 'check_video', 'validate']
+__all__ = ['VIDEO_EXTS', 'SPLITS_DIR', 'RELEASED_SPLITS', 'VideoList', 'from_folder', 'splits_dirs', 'find_split',
+           'read_split_file', 'from_split', 'from_list', 'check_video', 'validate']
 
 # %% ../../nbs/04_data.sources.ipynb #e2d7a2fb
 VIDEO_EXTS = ('.mp4', '.avi', '.webm', '.mkv', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
@@ -68,19 +70,39 @@ def from_folder(root, exts=VIDEO_EXTS) -> VideoList:
     if empty: raise DataError(f"{root}: class folders without videos: {', '.join(empty)}. Remove them or add videos")
     return VideoList(paths, labels, classes, name=str(root))
 
-# %% ../../nbs/04_data.sources.ipynb #e558604e
+# %% ../../nbs/04_data.sources.ipynb #93e94ba2
+SPLITS_DIR = Path(tamt.__file__).resolve().parent/'splits'
+RELEASED_SPLITS = ('hmdb51-molo', 'ucf101-molo', 'SSv2Full', 'diving48', 'rareact_cut')
+
+def splits_dirs(splits_dir=None) -> list[Path]:
+    "Where split sets are looked up, in order: `splits_dir`, `$TAMT_SPLITS`, the released split files shipped with tamt."
+    return [Path(p).expanduser() for p in (splits_dir, os.environ.get('TAMT_SPLITS'), SPLITS_DIR) if p]
+
+def find_split(spec, splits_dir=None) -> Path:
+    "The split file of `spec`: a split file's path, or a split set and split name such as 'hmdb51-molo/novel'."
+    p = Path(spec)
+    if p.is_file(): return p
+    name = str(spec).removesuffix('.gz').removesuffix('.json')
+    tried = [d/f'{name}{ext}' for d in splits_dirs(splits_dir) for ext in ('.json', '.json.gz')]
+    for f in tried:
+        if f.is_file(): return f
+    raise DataError(f"split {str(spec)!r}: no such split file, nor a split set '<set>/<split>' (tried {', '.join(map(str, tried[:-2]))} "
+                    f"and the released sets {', '.join(RELEASED_SPLITS)} with splits base, val, novel)")
+
+# %% ../../nbs/04_data.sources.ipynb #60f15ff6
 def read_split_file(path) -> tuple[list[str], list[int]]:
-    "The `image_names` and `image_labels` of a released-format split file."
+    "The `image_names` and `image_labels` of a released-format split file (`.json`, or `.json.gz`)."
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: no such split file")
-    try: d = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise DataError(f"{path}: not valid JSON ({e})") from e
+    try: d = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == '.gz' else path.read_text())
+    except (ValueError, OSError) as e: raise DataError(f"{path}: not a valid split file ({type(e).__name__}: {e})") from e
     if not isinstance(d, dict) or 'image_names' not in d or 'image_labels' not in d:
         raise DataError(f"{path}: a split file needs keys 'image_names' and 'image_labels'")
     if len(d['image_names']) != len(d['image_labels']):
         raise DataError(f"{path}: {len(d['image_names'])} image_names but {len(d['image_labels'])} image_labels")
     return list(d['image_names']), [int(l) for l in d['image_labels']]
 
+# %% ../../nbs/04_data.sources.ipynb #e558604e
 def _class_names(names, labels):
     parents = {}
     for n, l in zip(names, labels): parents.setdefault(l, set()).add(PurePosixPath(n).parent.name)
@@ -102,9 +124,9 @@ def _choose_depth(names, root:Path, sample:int=32) -> int|None:
     return best
 
 def from_split(split_file, data_root=None, strip:str|None=None, missing:str='error') -> VideoList:
-    "Videos of a released-format split file, paths remapped onto `data_root`; `missing` is 'error' or 'skip'."
+    "Videos of a split file or split set name (`find_split`), paths remapped onto `data_root`; `missing` is 'error' or 'skip'."
     if missing not in ('error', 'skip'): raise ValueError(f"missing={missing!r} is not 'error' or 'skip'")
-    split_file = Path(split_file)
+    split_file = find_split(split_file)
     names, labels = read_split_file(split_file)
     if not names: raise DataError(f"{split_file}: the split is empty")
     classes = _class_names(names, labels)

@@ -9,7 +9,7 @@ from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import tamt
-from ..core import rng_for, save_json, DataError, ConfigError
+from ..core import rng_for, save_json, DataError, ConfigError, data_home
 from .video import write_video
 
 # %% auto #0
@@ -275,7 +275,7 @@ def render_video(domain:str, class_name:str, seed:int=0, index:int=0) -> np.ndar
 VERSION = 1
 VIDEOS_PER_CLASS = 20
 SOURCE_TEST_FRACTION = 0.2
-DEFAULT_ROOT = Path(tamt.__file__).resolve().parents[1] / 'data' / 'builtin'
+DEFAULT_ROOT = data_home()/'builtin'             # $TAMT_DATA/builtin, the checkout's data/builtin, or ~/.cache/tamt/builtin
 
 def videos_per_class(scale:float=1.0) -> int:
     "Videos per class for `scale` (20 at scale 1, at least 2)."

@@ -74,8 +74,12 @@ def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:in
     sampler = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes, seed, class_names=videos.classes)
     t0 = time.time(); dev = pick_device(device)
     if protocol == 'cached':
-        z = embed_videos(model, videos, batch_size, dev, amp, reader, num_workers, progress)
-        accs, forwards = episode_accuracies(z, sampler, progress), len(videos)
+        use = None
+        if n_episodes * n_way * (n_shot + n_query) < len(videos):      # a few episodes: embed only the videos they draw
+            use = np.unique(np.concatenate([sampler.episode(i).indices.ravel() for i in range(n_episodes)]))
+        z = embed_videos(model, videos if use is None else videos.subset(use), batch_size, dev, amp, reader, num_workers, progress)
+        if use is not None: z = torch.zeros(len(videos), z.shape[1]).index_copy_(0, torch.as_tensor(use), z)
+        accs, forwards = episode_accuracies(z, sampler, progress), len(videos) if use is None else len(use)
     else:
         c = model.cfg; model = model.to(dev).eval()
         if protocol == 'reembed': smp, tf = SegmentSampler(c.num_frames), eval_transform(c.img_size)
