@@ -1,9 +1,25 @@
+"""Shared test pieces. Checks that need something outside the repository (the released-format reference fixture, a
+browser) are skipped with the reason where it is missing, and fail under CI (CI=true), where it must be there."""
+import os, socket
 from pathlib import Path
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / 'shared'
+REFERENCE = Path(os.environ.get('TAMT_REFERENCE') or REPO.parent / 'shared' / 'reference')
+REFERENCE_FILES = ('official_state_fp16.tar', 'official_episode_ref.pt')
+
+
+def need(ok: bool, why: str):
+    "Skip the test with `why` unless `ok`; under CI, fail instead."
+    if ok: return
+    if os.environ.get('CI'): pytest.fail(f"{why} (CI=true: this check must run)")
+    pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def moving_bar(T=30, H=48, W=64, seed=0):
@@ -14,7 +30,23 @@ def moving_bar(T=30, H=48, W=64, seed=0):
     return f
 
 
-@pytest.fixture
-def shared():
-    if not SHARED.exists(): pytest.fail(f"{SHARED} is missing: the tests need the project's shared/ folder beside the repository")
-    return SHARED
+@pytest.fixture(scope='session')
+def reference() -> Path:
+    "The folder of the released-format reference fixture: $TAMT_REFERENCE, default ../shared/reference beside the repository."
+    missing = [f for f in REFERENCE_FILES if not (REFERENCE / f).is_file()]
+    need(not missing, f"released-format reference fixture not found: {REFERENCE} lacks {', '.join(missing)} "
+                      "(set TAMT_REFERENCE to the folder holding it)")
+    return REFERENCE
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: a long test, run when TAMT_TEST_FLAGS names slow (as for the notebooks)')
+
+
+def pytest_collection_modifyitems(config, items):
+    "Tests marked slow are deselected (not skipped) unless TAMT_TEST_FLAGS names 'slow', as nbdev_test leaves out slow cells."
+    if 'slow' in os.environ.get('TAMT_TEST_FLAGS', '').split(): return
+    slow = [i for i in items if i.get_closest_marker('slow')]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [i for i in items if not i.get_closest_marker('slow')]

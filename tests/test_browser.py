@@ -9,22 +9,12 @@ without them the test is skipped, except under CI (CI=true), where it fails."""
 import io, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
+from conftest import need, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / 'nbs' / '44_viz.inspect.ipynb'
 CHROMIUM = os.environ.get('TAMT_CHROMIUM', '/usr/bin/chromium')
 INSPECTORS = {'tamt-episodes': ('episodes', 3), 'tamt-adapters': ('adapters', 3), 'tamt-covariance': ('covariance', 3), 'tamt-runs': ('runs', 1)}
-
-
-def _need(ok: bool, why: str):
-    if ok: return
-    if os.environ.get('CI'): pytest.fail(f"{why} (.ci/setup installs it)")
-    pytest.skip(why)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc, log: Path, timeout: float = 90):
@@ -80,13 +70,13 @@ def _run_all(page, tries: int = 3):
 @pytest.fixture
 def lab(tmp_path):
     "JupyterLab on a free loopback port, serving a copy of the inspection notebook; always stopped afterwards."
-    _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     try: import playwright.sync_api  # noqa: F401
-    except ImportError: _need(False, 'the playwright package is not installed')
+    except ImportError: need(False, 'the playwright package is not installed')
     work = tmp_path / 'work'; work.mkdir()
     shutil.copy(NOTEBOOK, work / 'inspect.ipynb')               # run a copy: autosave must not write outputs into nbs/
     _settings(tmp_path / 'settings')
-    port, token, log = _free_port(), secrets.token_hex(16), tmp_path / 'lab.log'
+    port, token, log = free_port(), secrets.token_hex(16), tmp_path / 'lab.log'
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / 'config'), JUPYTER_RUNTIME_DIR=str(tmp_path / 'runtime'),
                IPYTHONDIR=str(tmp_path / 'ipython'), PYTHONUNBUFFERED='1')
     cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ip=127.0.0.1', f'--port={port}', '--ServerApp.port_retries=0',

@@ -2,7 +2,6 @@
 import pytest, torch
 import tamt
 from tamt.core import TamtError
-from conftest import SHARED
 import released_reference as R
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 1, 3, 1, 1, 1)
@@ -10,11 +9,11 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 1, 3, 1, 1, 1)
 
 
 @pytest.fixture(scope='module')
-def ref(): return torch.load(SHARED / 'reference' / 'official_episode_ref.pt', weights_only=True)
+def ref(reference): return torch.load(reference / 'official_episode_ref.pt', weights_only=True)
 
 
 @pytest.fixture(scope='module')
-def model(): return tamt.load_model(SHARED / 'reference' / 'official_state_fp16.tar', verbose=False)
+def model(reference): return tamt.load_model(reference / 'official_state_fp16.tar', verbose=False)
 
 
 def episode(ref, K): return (ref[f'video_{K}shot'].float() / 255 - MEAN) / STD
@@ -28,11 +27,11 @@ def test_fixture_scores_and_pooled(model, ref, K):
         torch.testing.assert_close(model.embed_parts(ep.flatten(0, 1)).m1, ref[f'pooled_{K}shot'], rtol=1e-4, atol=1e-3)
 
 
-def test_gtmt_head_matches_released_with_live_weights(ref):
+def test_gtmt_head_matches_released_with_live_weights(ref, reference):
     """The fixture's random weights leave the head's last ReLU at zero (H(M2) = head2.bias), so scale the
     aggregation convs up and zero bn4's bias: then the covariance, grouping, iSQRT and the released U(X) layout
     all reach Z, and tamt must still match the released transcription."""
-    S = {k: v.float() for k, v in torch.load(SHARED / 'reference' / 'official_state_fp16.tar', weights_only=True)['state'].items()}
+    S = {k: v.float() for k, v in torch.load(reference / 'official_state_fp16.tar', weights_only=True)['state'].items()}
     S['layer_reduce3.weight'] = S['layer_reduce3.weight'] * 100
     S['layer_reduce4.weight'] = S['layer_reduce4.weight'] * 100
     S['layer_reduce_bn4.bias'] = torch.zeros_like(S['layer_reduce_bn4.bias'])
@@ -54,7 +53,8 @@ def test_gtmt_head_matches_released_with_live_weights(ref):
     assert (z_aligned - z_ref).abs().max() > 1e-2
 
 
-def test_wrong_inputs_state_the_expected_shape(model):
+def test_wrong_inputs_state_the_expected_shape():
+    model = tamt.HTTN().eval()
     with pytest.raises(ValueError, match=r'expected clips of shape \(B, 3, 16, 112, 112\).*got \(2, 3, 8, 112, 112\)'):
         model.embed(torch.zeros(2, 3, 8, 112, 112))
     with pytest.raises(ValueError, match=r'got \(1, 3, 16, 224, 224\)'): model.embed(torch.zeros(1, 3, 16, 224, 224))
@@ -62,8 +62,8 @@ def test_wrong_inputs_state_the_expected_shape(model):
         model(torch.zeros(5, 2, 3, 16, 112, 112), n_shot=2)
 
 
-def test_other_architecture_checkpoint_lists_keys(tmp_path):
+def test_other_architecture_checkpoint_lists_keys(reference):
     small = tamt.HTTN(depth=3, embed_dim=96, num_heads=2, taa_blocks=1)
     with pytest.raises(TamtError, match=r'shape mismatches: backbone.patch_embed.proj.weight: checkpoint \(384, 3, 2, 16, 16\) vs model \(96, 3, 2, 16, 16\)') as e:
-        tamt.models.checkpoints.load_state(small, torch.load(SHARED / 'reference' / 'official_state_fp16.tar', weights_only=True)['state'])
+        tamt.models.checkpoints.load_state(small, torch.load(reference / 'official_state_fp16.tar', weights_only=True)['state'])
     assert 'unexpected keys: backbone.blocks.3.' in str(e.value)

@@ -42,21 +42,22 @@ _NEW = {'released': [], 'tamt': [],
         'videomae': [r'\.adapter\.', r'^gtmt\.'],
         'videomae_ssl': [r'\.adapter\.', r'^gtmt\.', r'^backbone\.fc_norm\.']}
 
-def detect_format(state:dict) -> str:
-    "Which checkpoint format a state dict's keys belong to."
+def detect_format(state:dict, source:str='state dict') -> str:
+    "Which checkpoint format a state dict's keys belong to; `source` (the file) names it in the error."
     keys = list(state)
     if any(k.startswith('feature.') for k in keys) or 'head2.weight' in state: return 'released'
     if any(k.startswith('encoder.') for k in keys): return 'videomae_ssl'
     if any(k.startswith('backbone.') or k.startswith('gtmt.') for k in keys): return 'tamt'
     if any(k.startswith('blocks.') for k in keys): return 'videomae'
-    raise TamtError(f"unknown checkpoint format: keys like {keys[:4]} are neither released TAMT, VideoMAE nor tamt")
+    raise TamtError(f"{source}: unknown checkpoint format: keys like {keys[:4]} are neither released TAMT, VideoMAE nor tamt. "
+                    "tamt loads released TAMT checkpoints (feature.*, head2.*), VideoMAE ones (blocks.*, encoder.*) and its own")
 
 def _strip_module(state:dict) -> dict:
     return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
 
-def checkpoint_filter_fn(state:dict, model=None, fmt:str|None=None) -> tuple[dict, list[str]]:
+def checkpoint_filter_fn(state:dict, model=None, fmt:str|None=None, source:str='state dict') -> tuple[dict, list[str]]:
     "Map a state dict of any known format onto HTTN names; returns (mapped state, unused keys dropped)."
-    state = _strip_module(state); fmt = fmt or detect_format(state)
+    state = _strip_module(state); fmt = fmt or detect_format(state, source)
     unused = [k for k in state if any(re.search(p, k) for p in _UNUSED[fmt])]
     out = {}
     for k, v in state.items():
@@ -126,7 +127,7 @@ def _unpack(obj, source:str) -> tuple[dict, dict|None]:
 
 def load_state(model:HTTN, state:dict, fmt:str|None=None, source:str='state dict') -> LoadReport:
     "Map `state` onto `model` and load it strictly; mismatches raise an error listing keys and shapes."
-    fmt = fmt or detect_format(_strip_module(state))
+    fmt = fmt or detect_format(_strip_module(state), source)
     mapped, unused = checkpoint_filter_fn(state, model, fmt)
     own = model.state_dict()
     # parts the model was built without (an ablation: no GTMT, fewer adapters) are dropped, not unexpected
@@ -160,11 +161,11 @@ def load_model(path_or_name, verbose:bool=True, **overrides) -> HTTN:
         if str(path_or_name) in names: return timm.create_model(str(path_or_name), **overrides)
         raise FileNotFoundError(f"{path_or_name}: no such checkpoint file, nor a model name ({', '.join(names)})")
     state, cfg = _unpack(load_torch(p), str(p))
-    fmt = detect_format(_strip_module(state))
-    if cfg is not None: config = HTTNConfig.from_dict({**cfg, **overrides})
-    else:
-        mapped, _ = checkpoint_filter_fn(state, fmt=fmt)
-        config = infer_config(mapped, **overrides)
+    fmt = detect_format(_strip_module(state), str(p))
+    try:
+        if cfg is not None: config = HTTNConfig.from_dict({**cfg, **overrides})
+        else: config = infer_config(checkpoint_filter_fn(state, fmt=fmt)[0], **overrides)
+    except TamtError as e: raise type(e)(f"{p}: {e}") from None
     model = HTTN(config)
     model.load_report = load_state(model, state, fmt, str(p))
     if verbose: print(model.load_report)
