@@ -36,7 +36,8 @@ def test_same_episodes_any_worker_count(tree):
     ds = EpisodeDataset(tree, eps, SegmentSampler(8, train=True), train_transform(24, flip=True))
     runs = [[(v.clone(), l.clone()) for v, l in episode_loader(ds, num_workers=w)] for w in (0, 1, 2)]
     for r in runs[1:]:
-        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(runs[0], r))
+        for a, b in zip(runs[0], r):                         # the same clips (floats from another process: within rounding)
+            assert torch.equal(a[1], b[1]); torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-6)
     assert runs[0][0][0].shape == (3, 4, 3, 8, 24, 24)
 
 

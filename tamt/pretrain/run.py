@@ -24,7 +24,8 @@ from .ssl import VideoMAEPretrainer, tube_mask
 from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 
 # %% auto #0
-__all__ = ['PRESETS', 'PretrainConfig', 'preset', 'load_split', 'pretrain_ssl', 'epoch_means', 'top1', 'pretrain_sl', 'pretrain']
+__all__ = ['PRESETS', 'PretrainConfig', 'preset', 'load_split', 'Stage', 'ssl_stage', 'pretrain_ssl', 'epoch_means', 'top1',
+           'pretrain_sl', 'pretrain']
 
 # %% ../../nbs/23_pretrain.run.ipynb #37275e88
 @dataclass
@@ -108,9 +109,20 @@ def load_split(spec:str, data_root=None) -> VideoList:
 # %% ../../nbs/23_pretrain.run.ipynb #41a1202d
 def _scaled_lr(base, batch, world): return base * batch * world / 256
 
-def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
-    "VideoMAE pre-training on `cfg.train_split`; writes `out_dir/ssl/` (run) and returns the loss per epoch and the checkpoint."
-    d = dist or init_distributed(cfg.device)
+@dataclass
+class Stage:
+    "A training stage set up for `fit`: the (DDP-wrapped) `model`, the bare `net`, loss, data, optimiser and schedule."
+    model: nn.Module
+    net: nn.Module
+    loss_fn: object
+    loader: object
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    total_steps: int
+    per_epoch: int
+
+def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
+    "The VideoMAE stage on `cfg.train_split` for this process `d`: data shard, model (DDP when several processes), AdamW, schedule."
     mcfg = cfg.model_config()
     videos = load_split(cfg.train_split, cfg.data_root)
     reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
@@ -125,20 +137,28 @@ def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
                              decoder_heads=cfg.decoder_heads, mask_ratio=cfg.mask_ratio, norm_target=cfg.norm_target).to(d.device)
     model = nn.parallel.DistributedDataParallel(net) if d.world > 1 else net
     groups = param_groups_weight_decay(net, cfg.weight_decay, no_weight_decay_list=net.no_weight_decay())   # none on biases, norms, mask token
-    opt = torch.optim.AdamW(groups, lr=_scaled_lr(cfg.ssl_lr, cfg.ssl_batch, d.world), betas=(0.9, 0.95), fused=d.device.type == 'cuda')
-    sched = warmup_cosine(_scaled_lr(cfg.ssl_lr, cfg.ssl_batch, d.world), total, cfg.ssl_warmup_epochs * per_epoch, cfg.ssl_min_lr)
+    lr = _scaled_lr(cfg.ssl_lr, cfg.ssl_batch, d.world)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=d.device.type == 'cuda')
+    sched = warmup_cosine(lr, total, cfg.ssl_warmup_epochs * per_epoch, cfg.ssl_min_lr)
     B = cfg.ssl_batch
     def loss_fn(model, batch, step):
         clips = batch[0].to(d.device, non_blocking=True)
         mask = tube_mask(B * d.world, mcfg, cfg.mask_ratio, generator=torch_gen_for(cfg.seed, 'mask', step))[d.rank * B:(d.rank + 1) * B]
         return model(clips, mask.to(d.device, non_blocking=True)), {}
+    return Stage(model, net, loss_fn, loader, opt, sched, total, per_epoch)
+
+def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
+    "VideoMAE pre-training on `cfg.train_split`; writes `out_dir/ssl/` (run) and returns the loss per epoch and the checkpoint."
+    d = dist or init_distributed(cfg.device)
+    s = ssl_stage(cfg, d)
     run = RunDir(Path(out_dir)/'ssl', dict(stage='ssl', world=d.world, **cfg.to_dict()), main=d.main)
-    fit(model, loss_fn, loader, opt, total_steps=min(total, cfg.max_steps or total), run=run, schedule=sched, amp=cfg.amp,
-        clip_grad=cfg.clip_grad, ckpt_every=cfg.ckpt_every, log_every=min(cfg.log_every, per_epoch), dist=d, progress=cfg.progress, desc='ssl')
+    fit(s.model, s.loss_fn, s.loader, s.optimizer, total_steps=min(s.total_steps, cfg.max_steps or s.total_steps), run=run,
+        schedule=s.schedule, amp=cfg.amp, clip_grad=cfg.clip_grad, ckpt_every=cfg.ckpt_every, log_every=min(cfg.log_every, s.per_epoch),
+        dist=d, progress=cfg.progress, desc='ssl')
     ck = Path(out_dir)/'ssl_checkpoint.pth'
-    if d.main: save_torch({'model': net.encoder_state_dict(), 'tamt_config': mcfg.to_dict()}, ck)
+    if d.main: save_torch({'model': s.net.encoder_state_dict(), 'tamt_config': cfg.model_config().to_dict()}, ck)
     barrier(d)
-    return dict(ssl_loss=epoch_means(run.metrics(), 'loss', per_epoch), checkpoint=str(ck), steps=total)
+    return dict(ssl_loss=epoch_means(run.metrics(), 'loss', s.per_epoch), checkpoint=str(ck), steps=s.total_steps)
 
 def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
     "Mean of `key` over each epoch's logged rows."
@@ -151,7 +171,7 @@ def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
 def _backbone_state(path) -> dict:
     "Backbone weights (VideoViT names) from an SSL / VideoMAE / tamt checkpoint file."
     state, _ = _unpack(load_torch(path), str(path))
-    mapped, _ = checkpoint_filter_fn(state)
+    mapped, _ = checkpoint_filter_fn(state, source=str(path))
     return {k[len('backbone.'):]: v for k, v in mapped.items() if k.startswith('backbone.') and '.adapter.' not in k}
 
 @torch.no_grad()

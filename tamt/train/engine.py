@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from ..core import TamtError, ConfigError, save_json, save_torch, load_torch, pick_device
+from ..core import TamtError, ConfigError, WriteError, save_json, save_torch, load_torch, pick_device
 
 # %% auto #0
 __all__ = ['Dist', 'init_distributed', 'barrier', 'unwrap', 'read_metrics', 'RunDir', 'warmup_cosine', 'NonFiniteLoss',
@@ -46,9 +46,17 @@ def unwrap(model:nn.Module) -> nn.Module:
 
 # %% ../../nbs/20_train.engine.ipynb #37bfa4db
 def read_metrics(run_path) -> list[dict]:
-    "The rows a run logged (its metrics.jsonl), without opening it as a run."
+    "The rows a run logged (its metrics.jsonl), without opening it as a run; a last line cut short (a full disk, a kill) is left out."
     f = Path(run_path)/'metrics.jsonl'
-    return [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
+    if not f.exists(): return []
+    lines = [l for l in f.read_text().splitlines() if l.strip()]
+    rows = []
+    for i, l in enumerate(lines, 1):
+        try: rows.append(json.loads(l))
+        except ValueError:
+            if i == len(lines): break
+            raise TamtError(f"{f}: line {i} is not JSON ({l[:60]!r}); the file is damaged. Remove that line or the run folder") from None
+    return rows
 
 class RunDir:
     "A training run's folder: configuration, metrics log, checkpoints."
@@ -70,7 +78,10 @@ class RunDir:
     def log(self, **row):
         "Append one JSON line to metrics.jsonl (main process only)."
         if not self.main: return
-        with open(self.path/'metrics.jsonl', 'a') as f: f.write(json.dumps(row, default=float) + '\n')
+        f = self.path/'metrics.jsonl'
+        try:
+            with open(f, 'a') as fh: fh.write(json.dumps(row, default=float) + '\n')
+        except OSError as e: raise WriteError(f, e, 'the rows logged before are kept') from e
     def metrics(self) -> list[dict]:
         "All logged rows."
         return read_metrics(self.path)
@@ -127,19 +138,20 @@ def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:Run
     scaler = torch.amp.GradScaler(d.device.type, enabled=dtype == torch.float16)
     bs = loader.batch_sampler
     per_epoch = bs.batches_per_epoch()
-    step = 0
+    step = saved = 0
     if run.last.exists():
         ck = load_torch(run.last, map_location=d.device)
         net.load_state_dict(ck['model']); optimizer.load_state_dict(ck['optimizer']); scaler.load_state_dict(ck['scaler'])
         _set_rng_state({k: v.cpu() for k, v in ck['rng'].items()}, d.device)
-        step = ck['step']; run.truncate_log(step)
+        step = saved = ck['step']; run.truncate_log(step)
     params = [p for p in net.parameters() if p.requires_grad]
 
     def save():
+        nonlocal saved
         if d.main:
             save_torch(dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                             rng=_rng_state(d.device), step=step, config=run.config), run.last)
-        barrier(d)
+        saved = step; barrier(d)
 
     def check(acc_bad, upto):
         if bool(acc_bad):
@@ -152,37 +164,42 @@ def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:Run
     loss_sum = torch.zeros((), device=d.device); n_sum = 0; bad = torch.zeros((), dtype=torch.bool, device=d.device)
     extra_sum = {}; t0 = time.perf_counter(); clips = 0
     model.train()
-    while step < total_steps:
-        epoch, start = divmod(step, per_epoch)
-        bs.set_epoch(epoch, start)
-        for batch in loader:
-            if schedule is not None:
-                lr = schedule(step)
-                for g in optimizer.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)
-            with torch.autocast(d.device.type, dtype=dtype, enabled=dtype is not None):
-                loss, extra = loss_fn(model, batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            scaler.step(optimizer); scaler.update()
-            step += 1; bar.update()
-            l = loss.detach().float(); bad |= ~torch.isfinite(l); loss_sum += l; n_sum += 1
-            for k, v in (extra or {}).items(): extra_sum[k] = extra_sum.get(k, 0) + torch.as_tensor(v).detach().float()
-            clips += _n_clips(batch) * d.world
-            if step % log_every == 0 or step == total_steps:
-                check(bad.item(), step)
-                dt = time.perf_counter() - t0
-                last = dict(step=step, epoch=step / per_epoch, lr=optimizer.param_groups[0]['lr'], loss=(loss_sum / n_sum).item(),
-                            **{k: (v / n_sum).item() for k, v in extra_sum.items()}, clips_per_s=clips / dt if dt else 0.)
-                run.log(**last); bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-                loss_sum.zero_(); n_sum = 0; extra_sum = {}; t0 = time.perf_counter(); clips = 0
-            if evaluate is not None and ((eval_every and step % eval_every == 0) or (not eval_every and step == total_steps)):
-                res = evaluate(model, step); model.train()
-                if res: run.log(step=step, **res); last.update(res)
-            if step % ckpt_every == 0 or step == total_steps:
-                check(bad.item(), step); save()
-            if step >= total_steps: break
+    try:
+        while step < total_steps:
+            epoch, start = divmod(step, per_epoch)
+            bs.set_epoch(epoch, start)
+            for batch in loader:
+                if schedule is not None:
+                    lr = schedule(step)
+                    for g in optimizer.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)
+                with torch.autocast(d.device.type, dtype=dtype, enabled=dtype is not None):
+                    loss, extra = loss_fn(model, batch, step)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if clip_grad:
+                    scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(params, clip_grad)
+                scaler.step(optimizer); scaler.update()
+                step += 1; bar.update()
+                l = loss.detach().float(); bad |= ~torch.isfinite(l); loss_sum += l; n_sum += 1
+                for k, v in (extra or {}).items(): extra_sum[k] = extra_sum.get(k, 0) + torch.as_tensor(v).detach().float()
+                clips += _n_clips(batch) * d.world
+                if step % log_every == 0 or step == total_steps:
+                    check(bad.item(), step)
+                    dt = time.perf_counter() - t0
+                    last = dict(step=step, epoch=step / per_epoch, lr=optimizer.param_groups[0]['lr'], loss=(loss_sum / n_sum).item(),
+                                **{k: (v / n_sum).item() for k, v in extra_sum.items()}, clips_per_s=clips / dt if dt else 0.)
+                    run.log(**last); bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                    loss_sum.zero_(); n_sum = 0; extra_sum = {}; t0 = time.perf_counter(); clips = 0
+                if evaluate is not None and ((eval_every and step % eval_every == 0) or (not eval_every and step == total_steps)):
+                    res = evaluate(model, step); model.train()
+                    if res: run.log(step=step, **res); last.update(res)
+                if step % ckpt_every == 0 or step == total_steps:
+                    check(bad.item(), step); save()
+                if step >= total_steps: break
+    except WriteError as e:                              # a full disk: name the file, keep the last good checkpoint
+        kept = (f"the last good checkpoint ({run.last}, step {saved}) is kept; free space and run the same command again "
+                "to resume from it") if saved else "no checkpoint was written yet; free space and run it again"
+        raise WriteError(e.path, e.cause, f"{desc} stopped at step {step}: {kept}") from e
     bar.close()
     return last
 
