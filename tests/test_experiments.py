@@ -75,6 +75,26 @@ def test_bad_parameters_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / 'b').exists()
 
 
+def test_plain_papermill_checks_parameters(tmp_path):
+    """Plain `papermill` (nothing of tamt's in between): a misspelt name or a wrong type fails in the guard cell right after the
+    injected parameters, naming the parameter and the accepted ones; no later cell runs and nothing is written."""
+    papermill = str(Path(sys.executable).parent / 'papermill')
+    for args, msg in ((['-p', 'n_wayy', '5'], "evaluate.ipynb: unknown parameter 'n_wayy'; accepted: checkpoint, split, data, splits_dir, n_way"),
+                      (['-p', 'n_shot', 'five'], "evaluate.ipynb: parameter n_shot='five' is str, but n_shot takes int (default 1)")):
+        out = tmp_path / 'o.ipynb'
+        r = subprocess.run([papermill, str(EXPERIMENTS_DIR / 'evaluate.ipynb'), str(out), '-p', 'out_dir', str(tmp_path / 'run'), *args],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
+        nb = nbformat.read(out, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == 'code']
+        tags = [c.metadata.get('tags', []) for c in code]
+        i = next(i for i, t in enumerate(tags) if 'injected-parameters' in t)
+        assert 'parameters' in tags[i - 1] and 'guard_params' in code[i + 1].source
+        assert any(o.get('ename') == 'ConfigError' for o in code[i + 1].outputs)
+        assert all(c.execution_count is None for c in code[i + 2:])                     # no work ran
+        assert not (tmp_path / 'run').exists()
+
+
 def test_pretrain_notebook(pretrained):
     out, res = pretrained
     assert len(res['ssl_loss']) == 2 and all(v > 0 for v in res['ssl_loss'])
@@ -166,11 +186,15 @@ def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
     assert {n: snapshot(root / n) for n in before} == before                    # the other runs' folders are untouched
 
 
-def test_pipeline_refuses_source_episodes_that_do_not_fit_before_training(data, tmp_path):
-    "The source episodic stage's episodes are checked in the set-up cell: a too-small source split fails before any pre-training."
+def test_pipeline_refuses_episodes_that_do_not_fit_before_training(data, tmp_path):
+    """Every kind of episode the pipeline will draw is checked in the set-up cell: source episodic training, and each target's
+    fine-tuning, validation and test episodes; too-small splits fail together, before any pre-training."""
     out = tmp_path / 'p'
     r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'shots', '[5]', '-p', 'ft_n_query', 5,
              '-p', 'source_episodic_epochs', 1, '-p', 'device', 'cpu')
     assert r.returncode == 1
     assert 'fewer than n_shot + n_query = 10 videos' in r.stderr and 'move_left' in r.stderr
+    for what in ('source/train (episodic training on the source)', 'target_a/base (fine-tuning, 5-shot)',
+                 'target_b/val (validation, 5-shot)', 'target_b/novel (test, 5-shot) (5-way 5-shot 12-query)'):
+        assert what in r.stderr, what
     assert not (out / 'pretrain').exists()                                         # nothing trained

@@ -160,5 +160,6 @@ def clip_loader(ds:ClipDataset, batch_size:int, shuffle:bool=True, num_workers:i
                 pin_memory:bool=False, persistent_workers:bool=False, rank:int=0, world:int=1) -> DataLoader:
     "A DataLoader of `(clips, labels)` batches of `batch_size` per process over `ds`, seeded order per epoch; `loader.batch_sampler.set_epoch(e)` moves on."
     kw = dict(persistent_workers=persistent_workers) if num_workers > 0 else {}
-    return DataLoader(ds, batch_sampler=EpochBatchSampler(len(ds), batch_size, shuffle, seed, rank, world, drop_last),
-                      num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator(), **kw)
+    try: bs = EpochBatchSampler(len(ds), batch_size, shuffle, seed, rank, world, drop_last)
+    except DataError as e: raise DataError(f"{ds.videos.name}: {e}") from None
+    return DataLoader(ds, batch_sampler=bs, num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator(), **kw)

@@ -9,7 +9,7 @@ import numpy as np
 from ..core import DataError, rng_for
 
 # %% auto #0
-__all__ = ['Episode', 'EpisodeSampler']
+__all__ = ['Episode', 'EpisodeSampler', 'check_episodes']
 
 # %% ../../nbs/06_data.episodes.ipynb #b0c53680
 @dataclass
@@ -68,3 +68,13 @@ class EpisodeSampler:
     def __repr__(self):
         return (f"EpisodeSampler({self.n_way}-way {self.n_shot}-shot {self.n_query}-query, {self.n_episodes} episodes, "
                 f"seed={self.seed}, {len(self.classes)} classes)")
+
+# %% ../../nbs/06_data.episodes.ipynb #4bb206e0
+def check_episodes(requests) -> int:
+    "Check that every `(what, labels, n_way, n_shot, n_query)` request can be drawn; one `DataError` lists every one that cannot."
+    bad = []
+    for what, labels, n_way, n_shot, n_query in requests:
+        try: EpisodeSampler(labels, n_way, n_shot, n_query, 1)
+        except DataError as e: bad.append(f"{what} ({n_way}-way {n_shot}-shot {n_query}-query): {e}")
+    if bad: raise DataError(f"{len(bad)} of {len(requests)} kinds of episode cannot be drawn:\n  " + '\n  '.join(bad))
+    return len(requests)

@@ -4,10 +4,10 @@
 
 # %% ../../nbs/05_data.reader.ipynb #28b9f91c
 from __future__ import annotations
-import hashlib, os
+import hashlib, os, warnings
 from pathlib import Path
 import numpy as np
-from ..core import VideoError, atomic_path
+from ..core import VideoError, WriteError, atomic_path
 from .video import open_video
 
 # %% auto #0
@@ -34,7 +34,10 @@ class FrameReader:
             try: return np.load(f, mmap_mode='r')
             except Exception: f.unlink(missing_ok=True)   # a damaged cache entry is decoded again
         with open_video(path, self.backend, self.short_side) as v: frames = v.get(np.arange(v.num_frames))
-        with atomic_path(f, suffix='.npy') as tmp: np.save(tmp, frames)
+        try:
+            with atomic_path(f, suffix='.npy') as tmp: np.save(tmp, frames)
+        except WriteError as e:                         # a full cache disk costs speed, not the run
+            warnings.warn(f"frame cache: {e}; these frames are used without caching them", stacklevel=2)
         return frames
 
     def read(self, path, sampler, rng=None) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 import numpy as np
-from ..core import VideoError
+from ..core import VideoError, atomic_path
 
 # %% auto #0
 __all__ = ['BACKENDS', 'scaled_size', 'DecordVideo', 'PyAVVideo', 'open_video', 'read_frames', 'video_info', 'write_video']
@@ -169,10 +169,9 @@ def write_video(path, frames:np.ndarray, fps:float=15, codec:str='libx264', crf:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.stem}.part{path.suffix}')
+    path = Path(path)
     opts = {'movflags': 'faststart'} if path.suffix.lower() in ('.mp4', '.mov') else {}
-    with av.open(str(tmp), 'w', options=opts) as c:
+    with atomic_path(path, suffix=path.suffix) as tmp, av.open(str(tmp), 'w', options=opts) as c:
         s = c.add_stream(codec, rate=int(round(fps)))
         s.height, s.width = frames.shape[1:3]
         s.pix_fmt = 'yuv420p'; s.thread_count = 1
@@ -180,5 +179,4 @@ def write_video(path, frames:np.ndarray, fps:float=15, codec:str='libx264', crf:
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')): c.mux(p)
         for p in s.encode(): c.mux(p)
-    os.replace(tmp, path)
     return path
