@@ -627,5 +627,4 @@ d = { 'settings': { 'branch': 'main',
                                'tamt.viz.runs._ago': ('viz.runs.html#_ago', 'tamt/viz/runs.py'),
                                'tamt.viz.runs._total_steps': ('viz.runs.html#_total_steps', 'tamt/viz/runs.py'),
                                'tamt.viz.runs.find_runs': ('viz.runs.html#find_runs', 'tamt/viz/runs.py'),
-                               'tamt.viz.runs.panels': ('viz.runs.html#panels', 'tamt/viz/runs.py'),
-                               'tamt.viz.runs.read_rows': ('viz.runs.html#read_rows', 'tamt/viz/runs.py')}}}
+                               'tamt.viz.runs.panels': ('viz.runs.html#panels', 'tamt/viz/runs.py')}}}

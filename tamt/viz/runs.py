@@ -15,7 +15,7 @@ from ..train.engine import read_metrics
 from .episodes import Inspector, WIDTH
 
 # %% auto #0
-__all__ = ['find_runs', 'read_rows', 'panels', 'RunDashboard']
+__all__ = ['find_runs', 'panels', 'RunDashboard']
 
 # %% ../../nbs/43_viz.runs.ipynb #f51378a7
 def find_runs(root, max_depth:int=4) -> list[Path]:
@@ -31,19 +31,6 @@ def find_runs(root, max_depth:int=4) -> list[Path]:
             nxt += [s for s in sorted(d.iterdir()) if s.is_dir() and not s.name.startswith('.') and s.name != 'checkpoints']
         level = nxt
     return sorted(out)
-
-def read_rows(run) -> list[dict]:
-    "The rows of a run's metrics.jsonl; a last line still being written is left out."
-    try: return read_metrics(run)
-    except json.JSONDecodeError: pass
-    f = Path(run)/'metrics.jsonl'; lines = f.read_text().splitlines(); rows = []
-    for i, l in enumerate(lines):
-        if not l.strip(): continue
-        try: rows.append(json.loads(l))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1: break
-            raise DataError(f"{f}: line {i + 1} is not JSON ({l[:60]!r}); the file is damaged") from None
-    return rows
 
 def panels(keys) -> dict:
     "Which logged keys go in which panel: loss, accuracy, learning rate."
@@ -120,7 +107,7 @@ class RunDashboard(Inspector):
             if not self.controls['runs'].options:
                 raise DataError(f"no training runs in {self.path}: a run folder holds metrics.jsonl (and config.json), as tamt's training writes")
             self._sig = self.signature()
-            self.rows = {r: read_rows(r) for r in sel}
+            self.rows = {r: read_metrics(r) for r in sel}
             xk = self.values['x']; now = time.time()
             runs = list(self.controls['runs'].options)
             label = {Path(v): k for k, v in runs}
