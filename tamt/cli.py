@@ -24,7 +24,7 @@ def summary_table(summary:dict) -> str:
     return _table([dict(domain=d, split=s, **v) for d, sp in summary.items() for s, v in sp.items()])
 
 def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a', n_way:int=5, n_shot:int=1, n_query:int=2,
-                  frames:int=16, size:int=112, progress:bool=True, out=print) -> dict:
+                  frames:int=16, size:int=64, progress:bool=True, out=print) -> dict:
     "Build the built-in dataset, summarise it, and load one seeded episode of `domain`'s novel classes."
     from tamt.data.synthetic import build_builtin, builtin_summary
     from tamt.data.sources import from_split
@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                             "a Python literal ('None') or else a string")
         q.add_argument('-f', '--params', action='append', default=[], metavar='YAML', help='parameters from a YAML file (before -p)')
         q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
-    m = sub.add_parser('main', help='the main job: pre-train, fine-tune and evaluate on the built-in dataset (nbs/experiments/pipeline.ipynb)')
+    m = sub.add_parser('main', help='the main job: the built-in benchmark from the shipped source model, tuned and evaluated on both targets (nbs/experiments/pipeline.ipynb)')
     m.add_argument('--out', default='runs/main', help='run folder (default: runs/main; finished stages are reused when run again)')
     params_args(m)
     r = sub.add_parser('run', help='run an experiment notebook through papermill: pretrain, finetune, evaluate, pipeline, or a .ipynb path')
@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1)")
     sw.add_argument('--out', default=None, help="folder of the runs and the table (default: the file's out)")
     pr = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
-    pr.add_argument('--preset', default='cpu_tiny', help="'cpu_tiny' (2 CPU cores, minutes) or 'vit_s_112' (the released recipe, GPU)")
+    pr.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~30 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
     pr.add_argument('--out', required=True, help='run folder (an existing one is resumed)')
     pr.add_argument('--stages', default='ssl,sl', help="'ssl,sl', 'ssl' or 'sl'")
     pr.add_argument('--init', default=None, help='checkpoint the SL stage starts from when SSL is not run')

@@ -45,7 +45,7 @@ def room(tmp_path, own_deps: bool):
 
 def use(py, tamt, env, work, tmp_path):
     # the data check: the built-in dataset goes to the user's data home
-    r = sh(tamt, 'data', 'episode', '--scale', 0.15, '--seed', 1, '--domain', 'target_b', '--out', work / 'ep.json', cwd=work, env=env)
+    r = sh(tamt, 'data', 'episode', '--scale', 0.06, '--seed', 1, '--domain', 'target_b', '--out', work / 'ep.json', cwd=work, env=env)
     assert 'episode 0 of seed 1: 5-way 1-shot' in r.stdout
     built = Path(env['HOME']) / '.cache' / 'tamt' / 'builtin'
     assert json.loads((work / 'ep.json').read_text())['root'] == str(built) and (built / 'manifest.json').is_file()

@@ -1,6 +1,6 @@
 """The experiment notebooks run through papermill with tiny parameters (a tiny model on a small built-in dataset), the main
 job (`tamt main`, the pipeline notebook), a 2-run sweep through `tamt sweep` with a failing third run, and bad parameters."""
-import csv, hashlib, json, subprocess, sys
+import csv, hashlib, json, re, subprocess, sys
 from pathlib import Path
 import nbformat
 import pytest
@@ -29,7 +29,7 @@ def snapshot(folder):
 def data(tmp_path_factory):
     "A small built-in dataset: 3 classes per split, 4 videos per class (3 train + 1 test on the source)."
     from tamt.data.synthetic import build_builtin
-    return build_builtin(tmp_path_factory.mktemp('data') / 'builtin', scale=0.2, domains=['source', 'target_a', 'target_b'],
+    return build_builtin(tmp_path_factory.mktemp('data') / 'builtin', scale=0.08, domains=['source', 'target_a', 'target_b'],
                          classes_per_split=3, progress=False)
 
 
@@ -67,7 +67,7 @@ def test_bad_parameters_fail_before_anything_runs(tmp_path):
     assert not (tmp_path / 'a').exists() and not (tmp_path / 's').exists()
     # accepted: int for float, None where the default is None, a Path for a str, a tuple for a list
     assert check_params('finetune', dict(lr=1, init=None, data=tmp_path, seed=3)) == dict(lr=1.0, init=None, data=str(tmp_path), seed=3)
-    assert check_params('pipeline', dict(shots=(1, 5), init=str(tmp_path)))['shots'] == [1, 5]
+    assert check_params('pipeline', dict(shots=(1, 5), source=tmp_path, seeds=(0, 1)))['shots'] == [1, 5]
     r = tamt('run', 'finetune', '--out', tmp_path / 'b', '-p', 'epochs', 'two')
     assert r.returncode == 2 and "epochs='two' is str, but epochs takes int" in r.stderr and 'Traceback' not in r.stderr
     r = tamt('run', 'finetune', '--out', tmp_path / 'b', '-p', 'epoch', '2')
@@ -133,27 +133,39 @@ def test_evaluate_notebook(pretrained, data, tmp_path):
 
 
 def test_main_job_runs_the_pipeline(data, tmp_path):
-    "`tamt main` runs the pipeline notebook: pre-train, then per target fine-tune and evaluate each shot, HTTN and the frozen baseline."
+    """`tamt main` runs the pipeline notebook over two seeds: pre-train each seed here, then per target tune and evaluate every
+    method and shot, the checks (random floor, one-frame control, source-domain episodes), the summary over seeds and the claims."""
     out = tmp_path / 'main'
-    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1,
-             '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}', '-p', 'shots', '[1, 2]', '-p', 'n_way', 3,
+    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
+             '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1, '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}',
+             '-p', 'source_test', 'source/train', '-p', 'shots', '[1, 2]', '-p', 'ablation_shots', '[2]', '-p', 'n_way', 3,
              '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 1,
-             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu',
-             '-p', 'source_episodic_epochs', 1)
+             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu', '-p', 'seeds', '[0, 1]')
     assert r.returncode == 0, r.stderr[-3000:]
-    assert 'target    way  shot  method  accuracy' in r.stdout and 'episodic training on the source classes' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
+    assert re.search(r'target +shot +random +frozen +taa +gtmt +httn +frozen, one frame +httn, one frame\n', r.stdout)
+    assert 'mean ± std over seeds [0, 1]' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
     res = json.loads((out / 'results.json').read_text())
-    got = sorted((x['target'], x['n_shot'], x['method']) for x in res['rows'])
-    assert got == sorted((t, k, m) for t in ('target_a', 'target_b') for k in (1, 2) for m in ('frozen', 'httn'))
-    assert all(0 <= x['acc_mean'] <= 1 and x['acc_ci95'] >= 0 and x['episodes'] == 10 for x in res['rows'])
-    for x in res['rows']: assert f"{x['target']}  3    {x['n_shot']}     {x['method']}" in r.stdout
-    assert len(rows_of(out / 'results.csv')) == 8 and len(rows_of(out / 'targets' / 'target_a' / 'results.csv')) == 4
-    assert (out / 'results.html').is_file() and (out / 'pretrain.html').is_file() and (out / 'pipeline.ipynb').is_file()
-    assert Path(res['pretrain']['checkpoint']).parent == out / 'pretrain' and is_complete(out)
-    # the source episodic stage ran (1 epoch of 2 episodes) and every target started from its model
-    assert res['source_episodic']['epochs'] == 1 and len(res['source_episodic']['train_loss']) >= 1
-    assert res['start_checkpoint'] == str(out / 'pretrain' / 'episodic' / 'last.pt') and Path(res['start_checkpoint']).is_file()
-    assert json.loads((out / 'targets' / 'target_a' / 'target_a_httn_1shot' / 'config.json').read_text())['init'] == res['start_checkpoint']
+    tuned = sorted((x['seed'], x['target'], x['n_shot'], x['method']) for x in res['rows'] if x['target'] in ('target_a', 'target_b'))
+    want = [(s, t, 1, m) for m in ('frozen', 'httn') for t in ('target_a', 'target_b') for s in (0, 1)]
+    want += [(s, t, 2, m) for m in ('frozen', 'taa', 'gtmt', 'httn', 'random', 'frozen, one frame', 'httn, one frame') for t in ('target_a', 'target_b') for s in (0, 1)]
+    assert tuned == sorted(want)
+    src = sorted((x['seed'], x['method']) for x in res['rows'] if x['target'] == 'source (held-out)')
+    assert src == [(0, 'frozen'), (0, 'random'), (1, 'frozen'), (1, 'random')]
+    assert all(x['episodes'] == 10 and x['scheme'] == 'ssl_sl' for x in res['rows'])
+    # the summary: one row per (target, shot, method) over both seeds, with their spread
+    httn = next(x for x in res['summary'] if (x['target'], x['n_shot'], x['method']) == ('target_a', 2, 'httn'))
+    accs = [x['acc_mean'] for x in res['rows'] if (x['target'], x['n_shot'], x['method']) == ('target_a', 2, 'httn')]
+    assert httn['n_seeds'] == 2 and httn['acc_mean'] == pytest.approx(sum(accs) / 2) and httn['acc_std'] is not None
+    # the claims are checked for each seed (a tiny model on 3 classes: they need not hold, but each is there)
+    names = {c['check'] for c in res['checks']}
+    assert {'frozen transfers', 'HTTN above frozen, intervals apart', 'frozen < TAA-only', 'one frame far below video'} <= names
+    assert {c['seed'] for c in res['checks']} == {0, 1} and 'claims: ' in r.stdout
+    # each seed pre-trained its own source model, and each tuned run started from its seed's model
+    for s in (0, 1):
+        ck = out / f'seed{s}' / 'pretrain' / 'sl_checkpoint.pth'
+        assert ck.is_file() and json.loads((out / f'seed{s}' / 'targets' / 'target_a' / 'target_a_httn_1shot' / 'config.json').read_text())['init'] == str(ck)
+    assert len(rows_of(out / 'results.csv')) == len(res['rows']) and len(rows_of(out / 'checks.csv')) == len(res['checks'])
+    assert (out / 'results.html').is_file() and (out / 'pipeline.ipynb').is_file() and is_complete(out)
 
 
 def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
@@ -187,14 +199,14 @@ def test_sweep_two_runs_skip_and_a_failure(pretrained, data, tmp_path):
 
 
 def test_pipeline_refuses_episodes_that_do_not_fit_before_training(data, tmp_path):
-    """Every kind of episode the pipeline will draw is checked in the set-up cell: source episodic training, and each target's
+    """Every kind of episode the pipeline will draw is checked in the set-up cell: the source-domain episodes, and each target's
     fine-tuning, validation and test episodes; too-small splits fail together, before any pre-training."""
     out = tmp_path / 'p'
-    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'model', json.dumps(TINY), '-p', 'shots', '[5]', '-p', 'ft_n_query', 5,
-             '-p', 'source_episodic_epochs', 1, '-p', 'device', 'cpu')
+    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
+             '-p', 'shots', '[5]', '-p', 'ft_n_query', 5, '-p', 'device', 'cpu')
     assert r.returncode == 1
     assert 'fewer than n_shot + n_query = 10 videos' in r.stderr and 'move_left' in r.stderr
-    for what in ('source/train (episodic training on the source)', 'target_a/base (fine-tuning, 5-shot)',
+    for what in ('source/test (source-domain episodes, 5-shot)', 'target_a/base (fine-tuning, 5-shot)',
                  'target_b/val (validation, 5-shot)', 'target_b/novel (test, 5-shot) (5-way 5-shot 12-query)'):
         assert what in r.stderr, what
-    assert not (out / 'pretrain').exists()                                         # nothing trained
+    assert not (out / 'seed0').exists()                                            # nothing trained

@@ -15,21 +15,21 @@ def run(*args, check=True):
 def test_data_episode_end_to_end(tmp_path):
     "`tamt data episode` (the first main job): build, summarise, load one seeded episode."
     root = tmp_path / 'builtin'
-    r = run('data', 'episode', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
+    r = run('data', 'episode', '--root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
     assert 'target_b  novel  5' in r.stdout and 'episode 0 of seed 3: 5-way 1-shot' in r.stdout
     res = json.loads((tmp_path / 'res.json').read_text())
-    assert res['shape'] == [5, 3, 3, 16, 112, 112] and len(set(res['classes'])) == 5
-    assert res['summary']['source']['train']['classes'] == 24
+    assert res['shape'] == [5, 3, 3, 16, 64, 64] and len(set(res['classes'])) == 5
+    assert res['summary']['source']['train']['classes'] == 36
     # the same seed gives the same episode; the second run reuses the files
     manifest = (root / 'manifest.json').stat().st_mtime_ns
-    run('data', 'episode', '--root', root, '--scale', 0.25, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
+    run('data', 'episode', '--root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
     res2 = json.loads((tmp_path / 'r2.json').read_text())
     assert res2['episode'] == res['episode'] and (root / 'manifest.json').stat().st_mtime_ns == manifest
 
 
 def test_validate_command_lists_bad_videos(tmp_path):
     root = tmp_path / 'builtin'
-    run('data', 'build', '--root', root, '--scale', 0.15)
+    run('data', 'build', '--root', root, '--scale', 0.06)
     split = root / 'target_a' / 'novel.json'
     names = json.loads(split.read_text())['image_names']
     (root / names[0]).write_bytes(b'broken')

@@ -16,7 +16,7 @@ TINY = dict(model=dict(embed_dim=64, depth=2, num_heads=1, img_size=32, num_fram
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
-    return build_builtin(tmp_path_factory.mktemp('d') / 'builtin', scale=0.2, domains=['source'], progress=False)
+    return build_builtin(tmp_path_factory.mktemp('d') / 'builtin', scale=0.04, domains=['source'], progress=False)
 
 
 def cfg(data, **kw): return preset('cpu_tiny', data_root=str(data), **{**TINY, **kw})

@@ -8,7 +8,7 @@ import numpy as np
 from ..core import VideoError
 
 # %% auto #0
-__all__ = ['SHORT_POLICIES', 'SegmentSampler', 'StrideSampler']
+__all__ = ['SHORT_POLICIES', 'SegmentSampler', 'StrideSampler', 'FrameSampler']
 
 # %% ../../nbs/02_data.sampling.ipynb #807f96dd
 SHORT_POLICIES = ('repeat', 'error')
@@ -63,3 +63,17 @@ class StrideSampler:
         return start + self.stride * np.arange(self.clip_len, dtype=np.int64)
 
     def __repr__(self): return f"StrideSampler(clip_len={self.clip_len}, stride={self.stride}, train={self.train}, short={self.short!r})"
+
+# %% ../../nbs/02_data.sampling.ipynb #b1eda3fe
+class FrameSampler:
+    "One frame (the centre; random if `train`) repeated `clip_len` times: clips with the appearance and none of the motion."
+    def __init__(self, clip_len:int=16, train:bool=False):
+        if clip_len < 1: raise ValueError(f"clip_len must be >= 1, got {clip_len}")
+        self.clip_len, self.train = clip_len, train
+    def __call__(self, num_frames:int, rng:np.random.Generator|None=None, path='video') -> np.ndarray:
+        n = int(num_frames)
+        if n < 1: raise VideoError(path, 'has no frames')
+        if self.train and rng is None: raise ValueError('a training sampler needs an rng (tamt.core.rng_for)')
+        i = int(rng.integers(n)) if self.train else n // 2
+        return np.full(self.clip_len, i, dtype=np.int64)
+    def __repr__(self): return f"FrameSampler(clip_len={self.clip_len}, train={self.train})"

@@ -13,23 +13,25 @@ from ..core import rng_for, save_json, DataError, ConfigError, data_home
 from .video import write_video
 
 # %% auto #0
-__all__ = ['DIRECTIONS', 'MOTIONS', 'DOMAINS', 'SPLITS', 'CLASSES', 'HEIGHT', 'WIDTH', 'FPS', 'MIN_FRAMES', 'MAX_FRAMES',
-           'SHAPES', 'DOMAIN_STYLE', 'VERSION', 'VIDEOS_PER_CLASS', 'SOURCE_TEST_FRACTION', 'DEFAULT_ROOT',
-           'list_classes', 'render_video', 'videos_per_class', 'builtin_status', 'build_builtin', 'ensure_builtin',
-           'builtin_summary']
+__all__ = ['DIRECTIONS', 'MOTIONS', 'DOMAINS', 'SPLITS', 'CLASSES', 'VERSION', 'SIZE', 'FPS', 'MIN_FRAMES', 'MAX_FRAMES',
+           'SHAPES', 'DOMAIN_STYLE', 'VIDEOS_PER_CLASS', 'SOURCE_TEST_FRACTION', 'DEFAULT_ROOT', 'list_classes',
+           'render_video', 'videos_per_class', 'builtin_status', 'build_builtin', 'ensure_builtin', 'builtin_summary']
 
 # %% ../../nbs/08_data.synthetic.ipynb #21cf1a39
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1),
               'up_left': (-1, -1), 'up_right': (1, -1), 'down_left': (-1, 1), 'down_right': (1, 1)}
 _CARD = ('left', 'right', 'up', 'down')
+_TURNS = [f'turn_{a}_then_{b}' for a, b in (('right', 'up'), ('up', 'right'), ('right', 'down'), ('down', 'right'),
+                                             ('left', 'up'), ('up', 'left'), ('left', 'down'), ('down', 'left'))]
 
 MOTIONS = ([f'move_{d}' for d in DIRECTIONS] + [f'accelerate_{d}' for d in _CARD] + [f'decelerate_{d}' for d in _CARD]
            + [f'go_and_return_{d}' for d in _CARD] + ['jump_left', 'jump_right', 'zigzag_left', 'zigzag_right',
-           'stop_and_go_left', 'stop_and_go_right', 'turn_right_then_up', 'turn_up_then_right']
+           'stop_and_go_left', 'stop_and_go_right'] + _TURNS
            + [f'oscillate_{a}_{s}' for a in ('horizontal', 'vertical') for s in ('slow', 'fast')]
            + ['bounce', 'drop', 'rise', 'shake']
            + [f'{k}_{s}{f}' for k in ('rotate', 'orbit') for f in ('', '_fast') for s in ('cw', 'ccw')]
-           + ['grow', 'shrink', 'pulse', 'appear', 'vanish', 'blink',
+           + [f'spin_move_{d}_{s}' for d in ('left', 'right') for s in ('cw', 'ccw')]
+           + ['grow', 'shrink', 'pulse', 'grow_then_shrink', 'shrink_then_grow', 'appear', 'vanish', 'blink',
               'flash_left_then_right', 'flash_right_then_left', 'flash_top_then_bottom', 'flash_bottom_then_top']
            + [f'{k}_{a}' for k in ('approach', 'separate', 'swap') for a in ('horizontal', 'vertical')])
 
@@ -37,18 +39,20 @@ MOTIONS = ([f'move_{d}' for d in DIRECTIONS] + [f'accelerate_{d}' for d in _CARD
 DOMAINS = ('source', 'target_a', 'target_b')
 SPLITS = {
     'source': {'train': ['move_left', 'move_right', 'move_up', 'move_down', 'accelerate_left', 'accelerate_right',
-                         'decelerate_up', 'decelerate_down', 'go_and_return_left', 'go_and_return_up',
-                         'oscillate_horizontal_slow', 'oscillate_vertical_fast', 'rotate_cw', 'rotate_ccw', 'orbit_cw',
-                         'orbit_ccw', 'grow', 'shrink', 'flash_left_then_right', 'flash_right_then_left',
-                         'approach_horizontal', 'separate_horizontal', 'bounce', 'drop']},
+                         'decelerate_up', 'decelerate_down', 'go_and_return_left', 'go_and_return_up', 'jump_left', 'zigzag_right',
+                         'turn_right_then_down', 'turn_down_then_right', 'turn_left_then_up', 'turn_up_then_left',
+                         'oscillate_horizontal_slow', 'oscillate_vertical_fast', 'bounce', 'drop',
+                         'rotate_cw', 'rotate_ccw', 'rotate_cw_fast', 'rotate_ccw_fast', 'orbit_cw', 'orbit_ccw',
+                         'spin_move_right_cw', 'spin_move_right_ccw', 'grow', 'shrink', 'grow_then_shrink', 'appear',
+                         'flash_left_then_right', 'flash_right_then_left', 'approach_horizontal', 'separate_horizontal']},
     'target_a': {'base': ['move_up_left', 'move_down_right', 'accelerate_up', 'decelerate_left', 'go_and_return_right',
                           'oscillate_horizontal_fast', 'pulse', 'swap_horizontal'],
-                 'val': ['jump_left', 'zigzag_right', 'orbit_cw_fast', 'appear', 'approach_vertical'],
-                 'novel': ['rotate_cw_fast', 'rotate_ccw_fast', 'turn_right_then_up', 'turn_up_then_right', 'shake']},
+                 'val': ['jump_right', 'zigzag_left', 'flash_bottom_then_top', 'vanish', 'approach_vertical'],
+                 'novel': ['turn_right_then_up', 'turn_up_then_right', 'spin_move_left_cw', 'spin_move_left_ccw', 'shake']},
     'target_b': {'base': ['move_up_right', 'move_down_left', 'accelerate_down', 'decelerate_right', 'go_and_return_down',
-                          'oscillate_vertical_slow', 'vanish', 'swap_vertical'],
-                 'val': ['jump_right', 'zigzag_left', 'orbit_ccw_fast', 'blink', 'separate_vertical'],
-                 'novel': ['flash_top_then_bottom', 'flash_bottom_then_top', 'stop_and_go_left', 'stop_and_go_right', 'rise']},
+                          'oscillate_vertical_slow', 'blink', 'swap_vertical'],
+                 'val': ['turn_left_then_down', 'turn_down_then_left', 'flash_top_then_bottom', 'rise', 'separate_vertical'],
+                 'novel': ['orbit_cw_fast', 'orbit_ccw_fast', 'stop_and_go_left', 'stop_and_go_right', 'shrink_then_grow']},
 }
 SPLITS['source']['test'] = list(SPLITS['source']['train'])   # same classes, held-out videos
 CLASSES = {d: list(dict.fromkeys(c for s in SPLITS[d].values() for c in s)) for d in DOMAINS}
@@ -61,7 +65,8 @@ def list_classes(domain:str, split:str|None=None) -> list[str]:
     return list(SPLITS[domain][split])
 
 # %% ../../nbs/08_data.synthetic.ipynb #dcd778f9
-HEIGHT, WIDTH, FPS, MIN_FRAMES, MAX_FRAMES = 96, 128, 15, 24, 40
+VERSION = 2                     # of the renderer and the class design: another version is another dataset
+SIZE, FPS, MIN_FRAMES, MAX_FRAMES = 64, 15, 28, 40
 
 def _box(lx, ly, a, b):
     qx, qy = np.abs(lx) - a, np.abs(ly) - b
@@ -84,6 +89,7 @@ SHAPES = {   # name: (sdf(lx, ly, r) in the object's own frame, extent in units 
     'square':      (lambda x, y, r: _box(x, y, 0.85*r, 0.85*r), 1.21),
     'bar':         (lambda x, y, r: _box(x, y, 1.5*r, 0.42*r), 1.56),
     'ellipse':     (lambda x, y, r: _ellipse(x, y, 1.35*r, 0.65*r), 1.35),
+    'kite':        (lambda x, y, r: _poly(x, y, [(1.4*r, 0), (-0.2*r, -0.75*r), (-0.9*r, 0), (-0.2*r, 0.75*r)][::-1]), 1.4),
     'triangle':    (lambda x, y, r: _poly(x, y, [(1.45*r, 0), (-0.8*r, -0.85*r), (-0.8*r, 0.85*r)][::-1]), 1.45),
     'broken_ring': (lambda x, y, r: np.maximum(np.abs(np.hypot(x, y) - 0.9*r) - 0.3*r, np.minimum(0.35*r - np.abs(y), x)), 1.2),
     'rhombus':     (lambda x, y, r: _poly(x, y, [(1.45*r, 0), (0, -0.7*r), (-1.45*r, 0), (0, 0.7*r)][::-1]), 1.45),
@@ -91,10 +97,10 @@ SHAPES = {   # name: (sdf(lx, ly, r) in the object's own frame, extent in units 
     'half_disc':   (lambda x, y, r: np.maximum(np.hypot(x + 0.4*r, y) - 1.1*r, -(x + 0.4*r)), 1.1),
 }
 
-_YY, _XX = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
 
 def _coverage(shape:str, cx, cy, ang, r):
-    "Anti-aliased coverage (T, 96, 128) of `shape` centred at (cx, cy) (T,), turned by `ang` (T,), size `r` (T,)."
+    "Anti-aliased coverage (T, SIZE, SIZE) of `shape` centred at (cx, cy) (T,), turned by `ang` (T,), size `r` (T,)."
     f = lambda a: np.asarray(a, np.float32)[:, None, None]
     dx, dy, c, s = _XX - f(cx), _YY - f(cy), np.cos(f(ang)), np.sin(f(ang))
     lx, ly = dx * c + dy * s, -dx * s + dy * c   # angle grows clockwise on screen (y points down)
@@ -104,47 +110,50 @@ def _coverage(shape:str, cx, cy, ang, r):
 def _smooth(x): x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
 
 def _motion(name:str, u:np.ndarray, rng:np.random.Generator) -> dict:
-    T = len(u); z = np.zeros(T, np.float32); one = np.ones(T, np.float32)
+    T = len(u); L = SIZE
     off = np.zeros((2, T, 2), np.float32); ang, scl, vis, fl = np.zeros((2, T)), np.ones((2, T)), np.ones((2, T)), np.zeros((2, T))
     single = True
-    def span(d):
-        dx, dy = DIRECTIONS[d]
-        return np.array([dx * rng.uniform(0.42, 0.58) * WIDTH, dy * rng.uniform(0.42, 0.56) * HEIGHT], np.float32)
+    def span(d, lo=0.5, hi=0.62):
+        dx, dy = DIRECTIONS[d]; return np.array([dx, dy], np.float32) * rng.uniform(lo, hi) * L
     fam, _, arg = name.partition('_')
     if name.startswith('go_and_return_'): off[0] = (0.5 - 0.5 * np.cos(2*np.pi*u))[:, None] * span(name[14:])
+    elif name.startswith('stop_and_go_'):
+        a, b = rng.uniform(0.3, 0.38), rng.uniform(0.62, 0.7)
+        off[0] = np.interp(u, [0, a, b, 1], [0, 0.5, 0.5, 1])[:, None] * span(name[12:])
+    elif name.startswith('spin_move_'):
+        d, s = name[10:].rsplit('_', 1)
+        off[0] = u[:, None] * span(d, 0.45, 0.55); ang[0] = (1 if s == 'cw' else -1) * np.deg2rad(rng.uniform(330, 390)) * u
     elif fam == 'move': off[0] = u[:, None] * span(arg)
     elif fam == 'accelerate': off[0] = (u**2)[:, None] * span(arg)
     elif fam == 'decelerate': off[0] = (1 - (1 - u)**2)[:, None] * span(arg)
     elif fam == 'jump':
-        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = -4 * rng.uniform(0.3, 0.45) * HEIGHT * u * (1 - u)
+        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = -4 * rng.uniform(0.3, 0.4) * L * u * (1 - u)
     elif fam == 'zigzag':
-        k = rng.uniform(2.5, 3.5); tri = 2 * np.abs(k * u - np.floor(k * u + 0.5))   # triangle wave in [0, 1]
-        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = (tri - 0.5) * rng.uniform(0.25, 0.35) * HEIGHT
-    elif name.startswith('stop_and_go_'):
-        a, b = rng.uniform(0.3, 0.38), rng.uniform(0.62, 0.7)
-        g = np.interp(u, [0, a, b, 1], [0, 0.5, 0.5, 1]); off[0] = g[:, None] * span(name[12:])
+        k = rng.uniform(2.5, 3.5); tri = 2 * np.abs(k * u - np.floor(k * u + 0.5))
+        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = (tri - 0.5) * rng.uniform(0.3, 0.4) * L
     elif fam == 'turn':
-        first, second = arg.split('_then_')
-        m = rng.uniform(0.45, 0.55)
-        off[0] = np.clip(u / m, 0, 1)[:, None] * span(first) + np.clip((u - m) / (1 - m), 0, 1)[:, None] * span(second)
+        first, second = arg.split('_then_'); m = rng.uniform(0.45, 0.55)
+        off[0] = np.clip(u / m, 0, 1)[:, None] * span(first, 0.4, 0.5) + np.clip((u - m) / (1 - m), 0, 1)[:, None] * span(second, 0.4, 0.5)
     elif fam == 'oscillate':
-        axis, speed = arg.split('_'); f = rng.uniform(1.0, 1.5) if speed == 'slow' else rng.uniform(3.0, 3.6)
-        amp = rng.uniform(0.18, 0.25) * (WIDTH if axis == 'horizontal' else HEIGHT)
+        axis, speed = arg.split('_'); f = rng.uniform(1.0, 1.4) if speed == 'slow' else rng.uniform(2.8, 3.4)
+        amp = rng.uniform(0.2, 0.26) * L
         off[0, :, 0 if axis == 'horizontal' else 1] = amp * np.sin(2*np.pi*(f * u) + rng.uniform(0, 2*np.pi))
     elif name == 'bounce':
-        n = rng.uniform(2.5, 3.5); off[0, :, 1] = -rng.uniform(0.35, 0.5) * HEIGHT * np.abs(np.sin(np.pi * n * u + rng.uniform(0, 0.5)))
+        n = rng.uniform(2.5, 3.5); off[0, :, 1] = -rng.uniform(0.4, 0.5) * L * np.abs(np.sin(np.pi * n * u + rng.uniform(0, 0.5)))
     elif name in ('drop', 'rise'):
-        u0 = rng.uniform(0.45, 0.65); off[0, :, 1] = (1 if name == 'drop' else -1) * rng.uniform(0.45, 0.6) * HEIGHT * np.minimum(u / u0, 1)**2
-    elif name == 'shake': off[0] = rng.normal(0, 2.5, (T, 2))
+        u0 = rng.uniform(0.45, 0.65); off[0, :, 1] = (1 if name == 'drop' else -1) * rng.uniform(0.5, 0.6) * L * np.minimum(u / u0, 1)**2
+    elif name == 'shake': off[0] = rng.normal(0, 0.04 * L, (T, 2))
     elif fam == 'rotate':
         sense = 1 if arg.startswith('cw') else -1
         ang[0] = sense * np.deg2rad(rng.uniform(390, 450) if arg.endswith('fast') else rng.uniform(150, 210)) * u
     elif fam == 'orbit':
         sense = 1 if arg.startswith('cw') else -1; turns = rng.uniform(1.6, 1.9) if arg.endswith('fast') else rng.uniform(0.75, 0.95)
-        R, ph = rng.uniform(0.22, 0.3) * HEIGHT, rng.uniform(0, 2*np.pi)
+        R, ph = rng.uniform(0.22, 0.28) * L, rng.uniform(0, 2*np.pi)
         a = ph + sense * 2*np.pi * turns * u; off[0] = np.stack([R * np.cos(a), R * np.sin(a)], -1)
-    elif name == 'grow': scl[0] = np.interp(u, [0, 1], [0.55, 1.5])
-    elif name == 'shrink': scl[0] = np.interp(u, [0, 1], [1.5, 0.55])
+    elif name == 'grow': scl[0] = np.interp(u, [0, 1], [0.55, 1.45])
+    elif name == 'shrink': scl[0] = np.interp(u, [0, 1], [1.45, 0.55])
+    elif name == 'grow_then_shrink': scl[0] = 0.55 + 0.9 * np.sin(np.pi * u)
+    elif name == 'shrink_then_grow': scl[0] = 1.45 - 0.9 * np.sin(np.pi * u)
     elif name == 'pulse': scl[0] = 1 + 0.4 * np.sin(2*np.pi*(rng.uniform(2.0, 2.7) * u) + rng.uniform(0, 2*np.pi))
     elif name in ('appear', 'vanish'):
         a = rng.uniform(0.25, 0.45); v = _smooth((u - a) / 0.25); vis[0] = v if name == 'appear' else 1 - v
@@ -152,20 +161,19 @@ def _motion(name:str, u:np.ndarray, rng:np.random.Generator) -> dict:
         f, ph = rng.uniform(2.5, 3.2), rng.uniform(0, 1); vis[0] = ((f * u + ph) % 1 < 0.5).astype(float)
     else:
         single, axis = False, (0 if name.endswith(('horizontal', 'left_then_right', 'right_then_left')) else 1)
-        L = WIDTH if axis == 0 else HEIGHT
         if fam == 'flash':
             first = 0 if name.startswith(('flash_left', 'flash_top')) else 1
-            sep = rng.uniform(0.35, 0.5) * L
+            sep = rng.uniform(0.4, 0.5) * L
             off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
-            off[:, :, 1 - axis] += rng.uniform(-4, 4, (2, 1))
+            off[:, :, 1 - axis] += rng.uniform(-0.06, 0.06, (2, 1)) * L
             for k, c in ((first, rng.uniform(0.2, 0.33)), (1 - first, rng.uniform(0.67, 0.8))):
                 fl[k] = np.clip((0.14 - np.abs(u - c)) / 0.05, 0, 1)
         elif fam in ('approach', 'separate'):
-            far, near = rng.uniform(0.55, 0.7) * L, rng.uniform(0.18, 0.24) * L
+            far, near = rng.uniform(0.6, 0.7) * L, rng.uniform(0.22, 0.28) * L
             sep = (far + (near - far) * u) if fam == 'approach' else (near + (far - near) * u)
             off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
         elif fam == 'swap':
-            sep, lift, s = rng.uniform(0.45, 0.6) * L, rng.uniform(0.3, 0.45) * (HEIGHT if axis == 0 else WIDTH) / 2, rng.choice([-1, 1])
+            sep, lift, s = rng.uniform(0.45, 0.55) * L, rng.uniform(0.15, 0.22) * L, rng.choice([-1, 1])
             off[0, :, axis], off[0, :, 1 - axis] = -sep / 2 * np.cos(np.pi * u), s * lift * np.sin(np.pi * u)
             off[1] = -off[0]
         else: raise DataError(f"{name!r} is not a motion class; see tamt.data.synthetic.MOTIONS")
@@ -173,88 +181,101 @@ def _motion(name:str, u:np.ndarray, rng:np.random.Generator) -> dict:
 
 # %% ../../nbs/08_data.synthetic.ipynb #ca78bda3
 DOMAIN_STYLE = {
-    'source': 'plain dark background, bright saturated colours, squares/bars/ellipses, clean',
+    'source': 'varied: dark or light, flat, gradient or blotchy backgrounds, any palette and contrast, squares/bars/ellipses/kites, clean',
     'target_a': 'striped grey background, muted dark colours, triangles/broken rings, sensor noise',
-    'target_b': 'handheld camera (drift + jitter), brightness flicker, blur, warm background, cool dark colours, rhombi/crosses/half discs',
+    'target_b': 'handheld camera (drift + jitter), brightness flicker (5 %), blur, warm background, cool dark colours, rhombi/crosses/half discs',
 }
-_DSHAPES = {'source': ('square', 'bar', 'ellipse'), 'target_a': ('triangle', 'broken_ring'), 'target_b': ('rhombus', 'cross', 'half_disc')}
-_HILITE = {'source': (255, 255, 255), 'target_a': (255, 235, 70), 'target_b': (255, 70, 40)}   # flash colour
-
+_DSHAPES = {'source': ('square', 'bar', 'ellipse', 'kite'), 'target_a': ('triangle', 'broken_ring'), 'target_b': ('rhombus', 'cross', 'half_disc')}
+_HILITE = {'source': (255, 255, 255), 'target_a': (255, 235, 70), 'target_b': (255, 70, 40)}
 def _rgb(h, s, v): return np.array(colorsys.hsv_to_rgb(h % 1, s, v), np.float32) * 255
 
 def _appearance(domain:str, rng) -> dict:
-    objs = []
-    h0 = rng.uniform(0, 1)
+    objs = []; h0 = rng.uniform(0, 1)
+    light = False
+    if domain == 'source':                                    # varied: dark or light background, any contrast
+        light = rng.random() < 0.4
+        bgv = rng.uniform(0.65, 0.9) if light else rng.uniform(0.03, 0.25)
+        bg = dict(kind=str(rng.choice(['flat', 'gradient', 'blobs'])), color=_rgb(rng.uniform(0, 1), rng.uniform(0, 0.5), bgv),
+                  grad=rng.uniform(-40, 40, 2), blobs=[(rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(6, 14), rng.uniform(-30, 30)) for _ in range(4)])
     for k in range(2):
-        h = (h0 + k * rng.uniform(0.25, 0.75)) % 1        # two clearly different hues
-        if domain == 'source': col = _rgb(h, rng.uniform(0.8, 1), rng.uniform(0.9, 1))
+        h = (h0 + k * rng.uniform(0.25, 0.75)) % 1
+        if domain == 'source':
+            v = rng.uniform(0.05, 0.35) if light else rng.uniform(0.7, 1.0)
+            col = _rgb(h, rng.uniform(0.4, 1), v)
         elif domain == 'target_a': col = _rgb(h, rng.uniform(0.25, 0.5), rng.uniform(0.25, 0.5))
         else: col = _rgb(0.45 + 0.4 * h, rng.uniform(0.55, 0.9), rng.uniform(0.3, 0.55))
-        objs.append(dict(shape=str(rng.choice(_DSHAPES[domain])), color=col, r=rng.uniform(7, 11), ang=rng.uniform(0, 2*np.pi)))
-    if domain == 'source': bg = dict(color=rng.uniform(8, 40, 3).astype(np.float32))
-    elif domain == 'target_a':
+        objs.append(dict(shape=str(rng.choice(_DSHAPES[domain])), color=col, r=rng.uniform(0.12, 0.16) * SIZE, ang=rng.uniform(0, 2*np.pi)))
+    if domain == 'target_a':
         g = rng.uniform(150, 185)
         bg = dict(color=np.float32(g) + rng.uniform(-8, 8, 3).astype(np.float32), amp=rng.uniform(14, 26),
-                  period=rng.uniform(7, 14), theta=rng.uniform(0, np.pi))
-    else:
+                  period=rng.uniform(0.08, 0.16) * SIZE, theta=rng.uniform(0, np.pi))
+    elif domain == 'target_b':
         bg = dict(color=np.array([rng.uniform(205, 230), rng.uniform(180, 200), rng.uniform(140, 165)], np.float32),
-                  grad=rng.uniform(-35, 35, 2), blobs=[(rng.uniform(-20, WIDTH + 20), rng.uniform(-20, HEIGHT + 20), rng.uniform(10, 24),
+                  grad=rng.uniform(-35, 35, 2), blobs=[(rng.uniform(-10, SIZE + 10), rng.uniform(-10, SIZE + 10), rng.uniform(0.1, 0.2) * SIZE,
                   rng.uniform(-40, 40)) for _ in range(5)])
     return dict(objs=objs, bg=bg)
 
 def _camera(domain:str, T:int, u, rng) -> np.ndarray:
     "(T, 2) global offset of the scene: only the handheld target_b camera moves."
     if domain != 'target_b': return np.zeros((T, 2), np.float32)
-    a = rng.uniform(0, 2*np.pi); drift = rng.uniform(3, 8) * np.stack([np.cos(a), np.sin(a)])
+    a = rng.uniform(0, 2*np.pi); drift = rng.uniform(0.05, 0.1) * SIZE * np.stack([np.cos(a), np.sin(a)])
     jit = sum(rng.uniform(0.5, 1.0) * np.sin(2*np.pi*(rng.uniform(1, 4, 2)[None] * u[:, None]) + rng.uniform(0, 2*np.pi, 2)) for _ in range(2))
     return (drift[None] * (u[:, None] - 0.5) + jit).astype(np.float32)
 
+def _lum(bg, x, y):
+    lum = bg['grad'][0] * (x / SIZE - 0.5) + bg['grad'][1] * (y / SIZE - 0.5)
+    for bx, by, s, a in bg['blobs']: lum = lum + a * np.exp(-((x - bx)**2 + (y - by)**2) / (2 * s * s))
+    return lum
+
 def _background(domain:str, bg:dict, cam:np.ndarray) -> np.ndarray:
     T = len(cam)
-    if domain == 'source': return np.broadcast_to(bg['color'], (T, HEIGHT, WIDTH, 3)).copy()
+    if domain == 'source':
+        if bg['kind'] == 'flat': img = np.broadcast_to(bg['color'], (SIZE, SIZE, 3))
+        else:
+            l = _lum(dict(grad=bg['grad'], blobs=bg['blobs'] if bg['kind'] == 'blobs' else []), _XX, _YY)
+            img = bg['color'] + l[..., None]
+        return np.broadcast_to(np.asarray(img, np.float32), (T, SIZE, SIZE, 3)).copy()
     if domain == 'target_a':
         p = _XX * np.cos(bg['theta']) + _YY * np.sin(bg['theta'])
-        stripes = bg['amp'] * np.tanh(3 * np.sin(2*np.pi * p / bg['period']))     # soft-edged stripes
-        return np.broadcast_to(bg['color'] + stripes[..., None], (T, HEIGHT, WIDTH, 3)).copy()
-    x = _XX[None] - cam[:, 0, None, None]; y = _YY[None] - cam[:, 1, None, None]   # the scene moves with the camera
-    lum = bg['grad'][0] * (x / WIDTH - 0.5) + bg['grad'][1] * (y / HEIGHT - 0.5)
-    for bx, by, s, a in bg['blobs']: lum = lum + a * np.exp(-((x - bx)**2 + (y - by)**2) / (2 * s * s))
-    return bg['color'] + lum[..., None].astype(np.float32)
+        stripes = bg['amp'] * np.tanh(3 * np.sin(2*np.pi * p / bg['period']))
+        return np.broadcast_to(bg['color'] + stripes[..., None], (T, SIZE, SIZE, 3)).copy()
+    x = _XX[None] - cam[:, 0, None, None]; y = _YY[None] - cam[:, 1, None, None]
+    return bg['color'] + _lum(bg, x, y)[..., None].astype(np.float32)
 
 # %% ../../nbs/08_data.synthetic.ipynb #00dd0352
 def _place(mot:dict, ext:np.ndarray, margin:float, rng) -> np.ndarray:
     "Absolute centres (2, T, 2) of both objects."
     off = mot['off'].copy(); movers = [0] if mot['single'] else [0, 1]
     pos = np.zeros_like(off)
-    for j, L in ((0, WIDTH), (1, HEIGHT)):
+    for j in (0, 1):
         for _ in range(40):
             lo = max((ext[k] + margin - off[k, :, j]).max() for k in movers)
-            hi = min((L - ext[k] - margin - off[k, :, j]).min() for k in movers)
+            hi = min((SIZE - ext[k] - margin - off[k, :, j]).min() for k in movers)
             if lo <= hi: break
-            off[..., j] *= 0.9
+            off[..., j] *= 0.92
         a = rng.uniform(lo, hi) if lo < hi else (lo + hi) / 2
         for k in movers: pos[k, :, j] = a + off[k, :, j]
     if mot['single']:
         e1 = ext[1] + margin
         for _ in range(50):
-            p = np.array([rng.uniform(e1, WIDTH - e1), rng.uniform(e1, HEIGHT - e1)], np.float32)
-            if np.hypot(*(pos[0] - p).T).min() > ext[0] + ext[1] + 8: break
+            p = np.array([rng.uniform(e1, SIZE - e1), rng.uniform(e1, SIZE - e1)], np.float32)
+            if np.hypot(*(pos[0] - p).T).min() > ext[0] + ext[1] + 2: break
         pos[1] = p
     return pos
 
 # %% ../../nbs/08_data.synthetic.ipynb #e979dfb1
 def render_video(domain:str, class_name:str, seed:int=0, index:int=0) -> np.ndarray:
-    "Frames (T, 96, 128, 3) uint8 of video `index` of `class_name` rendered in the style of `domain`; T in 24..40."
+    "Frames (T, SIZE, SIZE, 3) uint8 of video `index` of `class_name` rendered in the style of `domain`; T in MIN_FRAMES..MAX_FRAMES."
     if domain not in DOMAINS: raise DataError(f"domain={domain!r} is not one of {DOMAINS}")
     if class_name not in MOTIONS: raise DataError(f"{class_name!r} is not a motion class; see tamt.data.synthetic.MOTIONS")
-    rng = rng_for(seed, 'synthetic', domain, class_name, index)
+    rng = rng_for(seed, 'synthetic', VERSION, domain, class_name, index)
     T = int(rng.integers(MIN_FRAMES, MAX_FRAMES + 1)); u = np.linspace(0, 1, T)
     app = _appearance(domain, rng)                          # appearance first: independent of the class
     mot = _motion(class_name, u, rng)
     cam = _camera(domain, T, u, rng)
     ext = np.array([o['r'] * SHAPES[o['shape']][1] * mot['scl'][k].max() * (1 + 0.3 * (mot['flash'][k].max() > 0))
                     for k, o in enumerate(app['objs'])])
-    pos = _place(mot, ext, 2 + np.abs(cam).max(), rng) + cam[None]
+    pos = _place(mot, ext, 1 + np.abs(cam).max(), rng) + cam[None]
     img = _background(domain, app['bg'], cam)
     for k in (1, 0):                                         # object 0 (the actor of one-object classes) on top
         o, fl = app['objs'][k], mot['flash'][k]
@@ -264,23 +285,22 @@ def render_video(domain:str, class_name:str, seed:int=0, index:int=0) -> np.ndar
         img = img * (1 - a) + col[:, None, None] * a
     if domain == 'target_a': img = img + rng.normal(0, 6, img.shape).astype(np.float32)
     elif domain == 'target_b':
-        for ax in (1, 2):                                    # separable [1 4 6 4 1]/16 blur
-            p = np.pad(img, [(0, 0)] + [(2, 2) if i == ax else (0, 0) for i in (1, 2)] + [(0, 0)], mode='edge')
+        for ax in (1, 2):                                    # separable [1 2 1]/4 blur
+            p = np.pad(img, [(0, 0)] + [(1, 1) if i == ax else (0, 0) for i in (1, 2)] + [(0, 0)], mode='edge')
             n = img.shape[ax]; sl = lambda s: p[:, s:s+n] if ax == 1 else p[:, :, s:s+n]
-            img = (sl(0) + 4 * sl(1) + 6 * sl(2) + 4 * sl(3) + sl(4)) / 16
-        img = img * rng.uniform(0.88, 1.12, (T, 1, 1, 1)).astype(np.float32)
+            img = (sl(0) + 2 * sl(1) + sl(2)) / 4
+        img = img * rng.uniform(0.95, 1.05, (T, 1, 1, 1)).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 # %% ../../nbs/08_data.synthetic.ipynb #6f7873e6
-VERSION = 1
-VIDEOS_PER_CLASS = 20
+VIDEOS_PER_CLASS = {'source': 100, 'target_a': 50, 'target_b': 50}   # at scale 1
 SOURCE_TEST_FRACTION = 0.2
 DEFAULT_ROOT = data_home()/'builtin'             # $TAMT_DATA/builtin, the checkout's data/builtin, or ~/.cache/tamt/builtin
 
-def videos_per_class(scale:float=1.0) -> int:
-    "Videos per class for `scale` (20 at scale 1, at least 2)."
+def videos_per_class(domain:str, scale:float=1.0) -> int:
+    "Videos per class of `domain` for `scale` (`VIDEOS_PER_CLASS` at scale 1, at least 2)."
     if not scale > 0: raise ConfigError(f"scale must be > 0, got {scale}")
-    return max(2, int(round(VIDEOS_PER_CLASS * scale)))
+    return max(2, int(round(VIDEOS_PER_CLASS[domain] * scale)))
 
 def _sha256(path) -> str:
     h = hashlib.sha256()
@@ -329,11 +349,12 @@ def builtin_status(root, seed:int=0, scale:float=1.0, domains=None, classes_per_
     return None
 
 # %% ../../nbs/08_data.synthetic.ipynb #4873e6fa
-def _split_files(plan, n) -> dict:
+def _split_files(plan, scale) -> dict:
     "{relpath of split file: {'image_names', 'image_labels'}}."
-    n_test = max(1, int(round(SOURCE_TEST_FRACTION * n))) if n > 1 else 0
     out = {}
     for d, splits in plan.items():
+        n = videos_per_class(d, scale)
+        n_test = max(1, int(round(SOURCE_TEST_FRACTION * n))) if n > 1 else 0
         for s, classes in splits.items():
             idx = (range(n - n_test) if s == 'train' else range(n - n_test, n)) if d == 'source' else range(n)
             names, labels = [], []
@@ -355,15 +376,15 @@ def _tidy(root, plan, keep):
 # %% ../../nbs/08_data.synthetic.ipynb #b586b9b7
 def build_builtin(root=None, seed:int=0, scale:float=1.0, n_workers:int|None=None, force:bool=False, progress:bool=True,
                   domains=None, classes_per_split:int|None=None) -> Path:
-    "Generate the built-in dataset under `root` (default `data/builtin` in the repository) unless a complete build for the same request is there; returns `root`."
+    "Generate the built-in dataset under `root` (default `DEFAULT_ROOT`) unless a complete build for the same request is there; returns `root`."
     root = Path(DEFAULT_ROOT if root is None else root)
-    plan = _plan(domains, classes_per_split); n = videos_per_class(scale)
+    plan = _plan(domains, classes_per_split)
     cfg = _config(seed, scale, plan, classes_per_split)
     if not force and builtin_status(root, seed, scale, domains, classes_per_split) is None: return root
     root.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError): (root / 'manifest.json').unlink()   # incomplete from now on
     jobs = [(str(root), d, c, i, int(seed)) for d, splits in plan.items()
-            for c in dict.fromkeys(x for s in splits.values() for x in s) for i in range(n)]
+            for c in dict.fromkeys(x for s in splits.values() for x in s) for i in range(videos_per_class(d, scale))]
     n_workers = min(4, os.cpu_count() or 1) if n_workers is None else max(1, int(n_workers))
     t0 = time.time(); files = {}
     from tqdm.auto import tqdm
@@ -376,12 +397,12 @@ def build_builtin(root=None, seed:int=0, scale:float=1.0, n_workers:int|None=Non
             for rel, rec in ex.map(fn, jobs, chunksize=4): files[rel] = rec; bar.update()
     bar.close()
     _tidy(root, plan, set(files))
-    for rel, obj in _split_files(plan, n).items():
+    for rel, obj in _split_files(plan, scale).items():
         p = save_json(obj, root / rel); files[rel] = dict(size=p.stat().st_size, sha256=_sha256(p))
     files = dict(sorted(files.items()))
-    manifest = dict(cfg, generator='tamt.data.synthetic', videos_per_class=n,
-                    params=dict(height=HEIGHT, width=WIDTH, fps=FPS, frames=[MIN_FRAMES, MAX_FRAMES], codec='libx264', crf=18,
-                                preset='veryfast', source_test_fraction=SOURCE_TEST_FRACTION, n_workers=n_workers,
+    manifest = dict(cfg, generator='tamt.data.synthetic', videos_per_class={d: videos_per_class(d, scale) for d in plan},
+                    params=dict(height=SIZE, width=SIZE, fps=FPS, frames=[MIN_FRAMES, MAX_FRAMES], codec='libx264', crf=18,
+                                preset='veryfast', x264_params='no-mbtree=1', source_test_fraction=SOURCE_TEST_FRACTION, n_workers=n_workers,
                                 seconds=round(time.time() - t0, 1)),
                     domains={d: dict(style=DOMAIN_STYLE[d], split_files={s: f'{d}/{s}.json' for s in sp}, classes=sp) for d, sp in plan.items()},
                     files=files)

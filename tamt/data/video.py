@@ -175,7 +175,8 @@ def write_video(path, frames:np.ndarray, fps:float=15, codec:str='libx264', crf:
         s = c.add_stream(codec, rate=int(round(fps)))
         s.height, s.width = frames.shape[1:3]
         s.pix_fmt = 'yuv420p'; s.thread_count = 1
-        if codec == 'libx264': s.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
+        if codec == 'libx264':                         # MB-tree rate control made the bytes vary from run to run: off
+            s.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1', 'x264-params': 'no-mbtree=1'}
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format='rgb24')): c.mux(p)
         for p in s.encode(): c.mux(p)

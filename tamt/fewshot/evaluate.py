@@ -45,10 +45,10 @@ def episode_accuracies(z:torch.Tensor, sampler:EpisodeSampler, progress:bool=Fal
 # %% ../../nbs/30_fewshot.evaluate.ipynb #90616024
 @torch.no_grad()
 def embed_videos(model:HTTN, videos:VideoList, batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
-                 num_workers:int=0, progress:bool=True, part:str='z') -> torch.Tensor:
-    "Z (or 'm1') of every video of `videos` in the deterministic view (segment centres, resize, centre crop), as (n, C) float32 on the CPU."
+                 num_workers:int=0, progress:bool=True, part:str='z', sampler=None) -> torch.Tensor:
+    "Z (or 'm1') of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU."
     dev = pick_device(device); model = model.to(dev).eval(); c = model.cfg
-    ds = ClipDataset(videos, SegmentSampler(c.num_frames), eval_transform(c.img_size), reader or FrameReader(short_side=c.img_size))
+    ds = ClipDataset(videos, sampler or SegmentSampler(c.num_frames), eval_transform(c.img_size), reader or FrameReader(short_side=c.img_size))
     dl = clip_loader(ds, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
     out = []
     for clips, _ in tqdm(dl, desc='embed', disable=not progress):
@@ -67,8 +67,8 @@ def check_reader(model:HTTN, reader:FrameReader|None):
 # %% ../../nbs/30_fewshot.evaluate.ipynb #9aad8ee2
 def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:int=12, n_episodes:int=10000, seed:int=0,
              protocol:str='cached', batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
-             num_workers:int=0, flip:bool=False, progress:bool=True, out=None) -> dict:
-    "N-way K-shot accuracy over `n_episodes` seeded episodes of `videos`: mean, 95 % interval, per-episode accuracies."
+             num_workers:int=0, flip:bool=False, progress:bool=True, out=None, frame_sampler=None) -> dict:
+    "N-way K-shot accuracy over `n_episodes` seeded episodes of `videos`: mean, 95 % interval, per-episode accuracies; `frame_sampler` replaces the frame choice of the cached protocol."
     if protocol not in ('cached', 'reembed', 'released'): raise ConfigError(f"protocol={protocol!r} is not 'cached', 'reembed' or 'released'")
     check_reader(model, reader)
     sampler = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes, seed, class_names=videos.classes)
@@ -77,10 +77,11 @@ def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:in
         use = None
         if n_episodes * n_way * (n_shot + n_query) < len(videos):      # a few episodes: embed only the videos they draw
             use = np.unique(np.concatenate([sampler.episode(i).indices.ravel() for i in range(n_episodes)]))
-        z = embed_videos(model, videos if use is None else videos.subset(use), batch_size, dev, amp, reader, num_workers, progress)
+        z = embed_videos(model, videos if use is None else videos.subset(use), batch_size, dev, amp, reader, num_workers, progress, sampler=frame_sampler)
         if use is not None: z = torch.zeros(len(videos), z.shape[1]).index_copy_(0, torch.as_tensor(use), z)
         accs, forwards = episode_accuracies(z, sampler, progress), len(videos) if use is None else len(use)
     else:
+        if frame_sampler is not None: raise ConfigError(f"frame_sampler= is for protocol='cached', not {protocol!r}")
         c = model.cfg; model = model.to(dev).eval()
         if protocol == 'reembed': smp, tf = SegmentSampler(c.num_frames), eval_transform(c.img_size)
         else: smp, tf = SegmentSampler(c.num_frames, train=True), train_transform(c.img_size, flip=flip)

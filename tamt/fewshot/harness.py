@@ -6,7 +6,9 @@
 from __future__ import annotations
 import json, time
 from pathlib import Path
+import numpy as np
 import torch
+import plotly.express as px
 import plotly.graph_objects as go
 from ..core import save_json, save_csv, ConfigError
 from ..models.checkpoints import load_model
@@ -15,7 +17,8 @@ from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, METHODS
 
 # %% auto #0
-__all__ = ['FIELDS', 'evaluate_checkpoint', 'compare', 'write_table', 'results_figure']
+__all__ = ['FIELDS', 'evaluate_checkpoint', 'compare', 'write_table', 'results_figure', 'seed_summary', 'benchmark_checks',
+           'summary_figure']
 
 # %% ../../nbs/32_fewshot.harness.ipynb #b8a1453f
 def evaluate_checkpoint(checkpoint, split_file, data_root=None, n_way:int=5, n_shot:int=5, n_query:int=12, n_episodes:int=10000,
@@ -64,4 +67,61 @@ def results_figure(rows:list[dict], title:str='5-way accuracy on novel classes (
         fig.add_trace(go.Bar(name=m, x=[f"{r['target']} {r['n_shot']}-shot" for r in rs], y=[100 * r['acc_mean'] for r in rs],
                              error_y=dict(type='data', array=[100 * r['acc_ci95'] for r in rs])))
     fig.update_layout(barmode='group', title=title, yaxis_title='accuracy (%)', height=380)
+    return fig
+
+# %% ../../nbs/32_fewshot.harness.ipynb #0b283411
+def seed_summary(rows:list[dict], keys=('scheme', 'target', 'n_shot', 'method')) -> list[dict]:
+    "One row per `keys` over the seeds of `rows`: accuracy mean, std over seeds (None for one seed), mean 95 % episode interval, per-seed values."
+    groups = {}
+    for r in rows: groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        a, ci = np.array([r['acc_mean'] for r in rs]), [float(r['acc_ci95']) for r in rs]
+        out.append(dict(zip(keys, key), n_seeds=len(rs), acc_mean=float(a.mean()), acc_std=float(a.std(ddof=1)) if len(rs) > 1 else None,
+                        ci95_mean=float(np.mean(ci)), seeds=[r.get('seed') for r in rs], per_seed=a.tolist(), per_seed_ci95=ci))
+    return out
+
+# %% ../../nbs/32_fewshot.harness.ipynb #1de9f782
+def _pct(r): return f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_ci95']:.1f} %"
+
+def benchmark_checks(rows:list[dict], scheme:str='ssl_sl', min_frozen:float=0.40, min_gain:float=0.05, ablation_shot:int=5,
+                     min_motion_gap:float=0.10) -> list[dict]:
+    "The built-in benchmark's claims for each seed, target and shot of `rows` (of pre-training `scheme`): one row each, with `passed`."
+    R = {(r.get('seed'), r['target'], r['n_shot'], r['method']): r for r in rows if r.get('scheme', scheme) == scheme}
+    out = []
+    def add(check, s, t, k, ok, detail): out.append(dict(check=check, seed=s, target=t, n_shot=k, passed=bool(ok), detail=detail))
+    for s, t, k in dict.fromkeys((s, t, k) for s, t, k, m in R if m == 'frozen'):
+        g = lambda m: R.get((s, t, k, m))
+        f, h, ta, gt, one = g('frozen'), g('httn'), g('taa'), g('gtmt'), g('frozen, one frame')
+        if k == ablation_shot and t != 'source (held-out)':
+            add('frozen transfers', s, t, k, f['acc_mean'] >= min_frozen, f"frozen {_pct(f)} (goal ≥ {100 * min_frozen:.0f} %)")
+        if h:
+            add('HTTN above frozen, intervals apart', s, t, k, h['acc_mean'] - h['acc_ci95'] > f['acc_mean'] + f['acc_ci95'], f"HTTN {_pct(h)}, frozen {_pct(f)}")
+            if k == ablation_shot:
+                add(f'HTTN ≥ frozen + {100 * min_gain:.0f} points', s, t, k, h['acc_mean'] - f['acc_mean'] >= min_gain,
+                    f"gain {100 * (h['acc_mean'] - f['acc_mean']):+.1f} points")
+        if ta: add('frozen < TAA-only', s, t, k, f['acc_mean'] < ta['acc_mean'], f"TAA {_pct(ta)}, frozen {_pct(f)}")
+        if gt: add('frozen < GTMT-only', s, t, k, f['acc_mean'] < gt['acc_mean'], f"GTMT {_pct(gt)}, frozen {_pct(f)}")
+        if h and ta and gt: add('HTTN ≥ TAA-only and GTMT-only', s, t, k, h['acc_mean'] >= max(ta['acc_mean'], gt['acc_mean']),
+                                f"HTTN {_pct(h)}, TAA {_pct(ta)}, GTMT {_pct(gt)}")
+        if one: add('one frame far below video', s, t, k, one['acc_mean'] <= f['acc_mean'] - min_motion_gap,
+                    f"one frame {_pct(one)}, video {_pct(f)} (goal: ≥ {100 * min_motion_gap:.0f} points below)")
+    return out
+
+# %% ../../nbs/32_fewshot.harness.ipynb #37243410
+def summary_figure(summary:list[dict], title:str='5-way accuracy on novel classes') -> go.Figure:
+    "Bars per method at the mean over seeds (error bar: std over seeds, or the episode interval for one seed), one dot per seed with its interval."
+    fig = go.Figure(); colors = px.colors.qualitative.Plotly
+    for i, m in enumerate(dict.fromkeys(r['method'] for r in summary)):
+        rs = [r for r in summary if r['method'] == m]; c = colors[i % len(colors)]
+        x = [f"{r['target']} {r['n_shot']}-shot" + ('' if r.get('scheme') in (None, 'ssl_sl') else f" ({r['scheme']})") for r in rs]
+        fig.add_trace(go.Bar(name=m, x=x, y=[100 * r['acc_mean'] for r in rs], offsetgroup=m, marker_color=c, opacity=0.75,
+                             error_y=dict(type='data', array=[100 * (r['acc_std'] if r['acc_std'] is not None else r['ci95_mean']) for r in rs])))
+        px_, py, pe = [], [], []
+        for xi, r in zip(x, rs): px_ += [xi] * r['n_seeds']; py += [100 * a for a in r['per_seed']]; pe += [100 * e for e in r['per_seed_ci95']]
+        fig.add_trace(go.Scatter(name=f'{m} (seeds)', x=px_, y=py, mode='markers', offsetgroup=m, showlegend=False, marker=dict(color='black', size=5),
+                                 error_y=dict(type='data', array=pe, thickness=1, width=2)))
+    n = max((r['n_seeds'] for r in summary), default=1)
+    fig.update_layout(barmode='group', scattermode='group', height=420, yaxis_title='accuracy (%)',
+                      title=f"{title}: mean over {n} seed{'s' * (n > 1)} (bars, ±1 std{' over seeds' if n > 1 else ': one seed, 95 % interval'}) and each seed (dots, 95 % interval)")
     return fig

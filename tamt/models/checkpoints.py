@@ -4,7 +4,7 @@
 
 # %% ../../nbs/15_models.checkpoints.ipynb #efe057f3
 from __future__ import annotations
-import re
+import importlib.resources, re
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -14,7 +14,8 @@ from .vit import HTTNConfig
 from .httn import HTTN
 
 # %% auto #0
-__all__ = ['detect_format', 'checkpoint_filter_fn', 'infer_config', 'LoadReport', 'load_state', 'load_model', 'save_checkpoint']
+__all__ = ['detect_format', 'checkpoint_filter_fn', 'infer_config', 'LoadReport', 'load_state', 'load_model', 'save_checkpoint',
+           'shipped_checkpoint']
 
 # %% ../../nbs/15_models.checkpoints.ipynb #7d04caee
 _RELEASED = [
@@ -175,3 +176,14 @@ def save_checkpoint(model:HTTN, path, **extra) -> Path:
     "Save `model` as a tamt checkpoint (configuration + float32 state, plus `extra`), atomically."
     obj = dict(format='tamt', version=1, config=model.cfg.to_dict(), state={k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra)
     return save_torch(obj, path)
+
+# %% ../../nbs/15_models.checkpoints.ipynb #4714f7dd
+def shipped_checkpoint(scheme:str='ssl_sl', seed:int=0, preset:str='cpu_small') -> Path:
+    "The source model tamt ships for the built-in dataset: recipe `preset`, pre-training `scheme` ('ssl_sl', 'sl', 'ssl'), `seed`."
+    d = Path(str(importlib.resources.files('tamt')))/'checkpoints'
+    p = d/f'{preset}_{scheme}_seed{seed}.pth'
+    if not p.exists():
+        have = sorted(x.stem for x in d.glob('*.pth'))
+        raise FileNotFoundError(f"{p}: tamt ships no such source model (it has {', '.join(have) or 'none'}); "
+                                f"make it with `bash .ci/source_models {scheme} {seed}` (see tamt/checkpoints/README.md)")
+    return p

@@ -18,10 +18,12 @@ __all__ = ['Embedding', 'prototype_scores', 'HTTN', 'tamt_httn_vit_small_patch16
 
 # %% ../../nbs/14_models.httn.ipynb #8d5a7d22
 def prototype_scores(support:torch.Tensor, query:torch.Tensor) -> torch.Tensor:
-    "Scores (n_query, way) of queries (n_query, C) against prototypes of support (way, K, C): dot product if K == 1, else -squared distance."
-    protos = support.mean(1)
-    if support.shape[1] == 1: return query @ protos.t()
-    return -((query[:, None] - protos[None]) ** 2).sum(-1)
+    "Scores (n_query, way) in float32 of queries (n_query, C) against prototypes of support (way, K, C): dot product if K == 1, else -squared distance."
+    with torch.autocast(support.device.type, enabled=False):
+        support, query = support.float(), query.float()
+        protos = support.mean(1)
+        if support.shape[1] == 1: return query @ protos.t()
+        return -((query[:, None] - protos[None]) ** 2).sum(-1)
 
 # %% ../../nbs/14_models.httn.ipynb #5f062c17
 Embedding = namedtuple('Embedding', 'z m1 h')

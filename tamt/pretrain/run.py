@@ -25,7 +25,7 @@ from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 
 # %% auto #0
 __all__ = ['PRESETS', 'PretrainConfig', 'preset', 'load_split', 'Stage', 'ssl_stage', 'pretrain_ssl', 'epoch_means', 'top1',
-           'pretrain_sl', 'pretrain']
+           'pretrain_sl', 'pretrain', 'ship_checkpoint']
 
 # %% ../../nbs/23_pretrain.run.ipynb #37275e88
 @dataclass
@@ -68,6 +68,7 @@ class PretrainConfig(ConfigMixin):
     erase: float = 0.25
     flip: bool = False                              # built-in classes depend on direction
     head_drop: float = 0.0
+    head_init_scale: float = 0.001                  # VideoMAE's init_scale of the new head's weights; 1.0 to learn from scratch
     # both
     weight_decay: float = 0.05
     clip_grad: float|None = None
@@ -90,10 +91,17 @@ PRESETS = {
                                decoder_depth=1, decoder_heads=2, sl_epochs=24, sl_batch=8, sl_lr=5e-4 * 256 / 8, sl_warmup_epochs=1,
                                sl_crop_scale=(0.6, 1.0), label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaug=None, erase=0.0,
                                layer_decay=0.9, ckpt_every=200, log_every=10),
+    'cpu_small': PretrainConfig(model=dict(embed_dim=128, depth=4, num_heads=4, img_size=64, patch_size=16, num_frames=16, groups=4,
+                                           taa_blocks=2, drop_path_rate=0.0),
+                                stride=2, decode_short_side=64, num_workers=2, ssl_epochs=10, ssl_batch=32, ssl_lr=1.5e-3 * 256 / 32,
+                                ssl_warmup_epochs=1, ssl_min_lr=1e-5, mask_ratio=0.75, norm_target=False, decoder_dim=64,
+                                decoder_depth=1, decoder_heads=2, sl_epochs=40, sl_batch=16, sl_lr=1e-3 * 256 / 16, sl_warmup_epochs=1,
+                                sl_min_lr=1e-5, sl_crop_scale=(0.6, 1.0), label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaug=None,
+                                erase=0.0, layer_decay=1.0, head_init_scale=1.0, ckpt_every=500, log_every=20),
 }
 
 def preset(name:str, **overrides) -> PretrainConfig:
-    "A preset recipe ('vit_s_112', 'cpu_tiny') with `overrides`."
+    "A preset recipe ('vit_s_112', 'cpu_small', 'cpu_tiny') with `overrides`."
     if name not in PRESETS: raise ConfigError(f"preset={name!r} is not one of {sorted(PRESETS)}")
     return PRESETS[name].update(**overrides)
 
@@ -196,7 +204,7 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     test_loader = clip_loader(test_ds, cfg.sl_batch, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
     per_epoch = loader.batch_sampler.batches_per_epoch(); total = cfg.sl_epochs * per_epoch
     torch.manual_seed(cfg.seed)
-    net = VideoClassifier(mcfg, train.n_classes, cfg.head_drop)
+    net = VideoClassifier(mcfg, train.n_classes, cfg.head_drop, init_scale=cfg.head_init_scale)
     if init is not None:
         missing, unexpected = net.backbone.load_state_dict(_backbone_state(init), strict=False)
         if unexpected or [k for k in missing if not k.startswith('fc_norm')]:
@@ -239,3 +247,13 @@ def pretrain(out_dir, cfg:PretrainConfig, stages=('ssl', 'sl'), init=None) -> di
     else: res['checkpoint'] = res.get('ssl_checkpoint')
     if d.main: save_json(res, Path(out_dir)/'results.json')
     return res
+
+# %% ../../nbs/23_pretrain.run.ipynb #ba8f91e0
+def ship_checkpoint(src, dest, dtype:torch.dtype=torch.float16, **meta) -> Path:
+    "A small copy of pre-training checkpoint `src` (SSL or SL) at `dest`: backbone weights in `dtype`, the tamt configuration and `meta` (how it was made)."
+    _, cfg = _unpack(load_torch(src), str(src))
+    if cfg is None: raise ConfigError(f"{src}: has no tamt configuration; ship only checkpoints that tamt's pre-training wrote")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _backbone_state(src).items()}
+    if 'fc_norm.weight' not in state:          # an SSL encoder has no final norm: the freshly initialised one tuning starts from
+        state.update({'fc_norm.weight': torch.ones(cfg['embed_dim'], dtype=dtype), 'fc_norm.bias': torch.zeros(cfg['embed_dim'], dtype=dtype)})
+    return save_torch({'module': state, 'tamt_config': cfg, 'meta': meta}, dest)

@@ -60,7 +60,7 @@ def read_metrics(run_path) -> list[dict]:
 
 class RunDir:
     "A training run's folder: configuration, metrics log, checkpoints."
-    def __init__(self, path, config:dict, main:bool=True, allow_changes=('max_steps', 'ckpt_every', 'log_every', 'num_workers', 'progress')):
+    def __init__(self, path, config:dict, main:bool=True, allow_changes=('max_steps', 'ckpt_every', 'log_every', 'num_workers', 'progress', 'cache_dir')):
         self.path, self.config, self.main = Path(path), json.loads(json.dumps(config, default=str)), main
         old = self.path/'config.json'
         if old.exists():
