@@ -17,8 +17,7 @@ from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, METHODS
 
 # %% auto #0
-__all__ = ['FIELDS', 'evaluate_checkpoint', 'compare', 'write_table', 'results_figure', 'seed_summary', 'benchmark_checks',
-           'summary_figure']
+__all__ = ['FIELDS', 'evaluate_checkpoint', 'compare', 'write_table', 'seed_summary', 'benchmark_checks', 'summary_figure']
 
 # %% ../../nbs/32_fewshot.harness.ipynb #b8a1453f
 def evaluate_checkpoint(checkpoint, split_file, data_root=None, n_way:int=5, n_shot:int=5, n_query:int=12, n_episodes:int=10000,
@@ -57,17 +56,6 @@ def compare(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, 
 def write_table(rows:list[dict], out_dir):
     "results.json and results.csv in `out_dir`."
     out = Path(out_dir); save_json(rows, out/'results.json'); save_csv(rows, out/'results.csv', FIELDS)
-
-def results_figure(rows:list[dict], title:str='5-way accuracy on novel classes (95 % interval)') -> go.Figure:
-    "Grouped bars: accuracy per method, one group per (target, shot), with 95 % intervals."
-    fig = go.Figure()
-    methods = list(dict.fromkeys(r['method'] for r in rows))
-    for m in methods:
-        rs = [r for r in rows if r['method'] == m]
-        fig.add_trace(go.Bar(name=m, x=[f"{r['target']} {r['n_shot']}-shot" for r in rs], y=[100 * r['acc_mean'] for r in rs],
-                             error_y=dict(type='data', array=[100 * r['acc_ci95'] for r in rs])))
-    fig.update_layout(barmode='group', title=title, yaxis_title='accuracy (%)', height=380)
-    return fig
 
 # %% ../../nbs/32_fewshot.harness.ipynb #0b283411
 def seed_summary(rows:list[dict], keys=('scheme', 'target', 'n_shot', 'method')) -> list[dict]:
