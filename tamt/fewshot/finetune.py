@@ -60,6 +60,7 @@ class FinetuneConfig(ConfigMixin):
     randaug: tuple|None = (4, 7)
     erase: float = 0.25
     require_val: bool = True
+    keep: str = 'best'                    # the checkpoint that is the run's result: 'best' (val accuracy, released) or 'last'
     amp: str = 'auto'
     compile: bool = False                 # torch.compile the training forward (the fastest GPU path; costs a compile at start)
     device: str = 'auto'
@@ -85,6 +86,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     if val is None and cfg.require_val:
         raise DataError("no validation split: best-model selection needs val classes. Pass val=..., or require_val=False "
                         "to keep the last model only")
+    if cfg.keep not in ('best', 'last'): raise ConfigError(f"keep={cfg.keep!r}: the result is the 'best' (val accuracy) or the 'last' checkpoint")
     d = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_for_method(init, cfg.method, **cfg.overrides).to(d.device)
@@ -96,7 +98,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     result = dict(method=cfg.method, config=cfg.to_dict())
     if cfg.method == 'frozen':                                  # nothing to train: the pre-trained model is the result
         save_checkpoint(model, out/'best.pt'); save_checkpoint(model, out/'last.pt')
-        result.update(best_checkpoint=str(out/'best.pt'), last_checkpoint=str(out/'last.pt'), val_acc=[], best_val=None)
+        result.update(best_checkpoint=str(out/'best.pt'), last_checkpoint=str(out/'last.pt'), checkpoint=str(out/f'{cfg.keep}.pt'), val_acc=[], best_val=None)
         if val is not None:
             v = evaluate(model, val, cfg.n_way, cfg.n_shot, vq, cfg.val_episodes, cfg.seed + 1, device=d.device, progress=False)
             result.update(val_acc=[v['acc_mean']], best_val=v['acc_mean'])
@@ -133,7 +135,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     if not (out/'best.pt').exists(): save_checkpoint(model, out/'best.pt')
     rows = run.metrics()
     vals = [r['val_acc'] for r in rows if 'val_acc' in r]
-    result.update(val_acc=vals, best_val=max(vals) if vals else None, best_checkpoint=str(out/'best.pt'), last_checkpoint=str(out/'last.pt'),
+    result.update(val_acc=vals, best_val=max(vals) if vals else None, best_checkpoint=str(out/'best.pt'), last_checkpoint=str(out/'last.pt'), checkpoint=str(out/f'{cfg.keep}.pt'),
                   train_loss=[r['loss'] for r in rows if 'loss' in r])
     save_json(result, out/'results.json')
     return result

@@ -46,10 +46,10 @@ def compare(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, 
             t0 = time.time()
             r = finetune(run, init, base, val, ft.update(method=m, n_shot=k, progress=progress))
             secs = time.time() - t0
-            model = load_model(r['best_checkpoint'], verbose=False)
+            model = load_model(r['checkpoint'], verbose=False)
             e = evaluate(model, novel, ft.n_way, k, n_query, n_episodes, seed, device=device, progress=False, out=run/'eval.json')
             rows.append(dict(target=target, method=m, n_way=ft.n_way, n_shot=k, acc_mean=e['acc_mean'], acc_ci95=e['acc_ci95'],
-                             episodes=n_episodes, best_val=r.get('best_val'), train_seconds=round(secs, 1), checkpoint=r['best_checkpoint']))
+                             episodes=n_episodes, best_val=r.get('best_val'), train_seconds=round(secs, 1), checkpoint=r['checkpoint']))
             write_table(rows, out)
     return rows
 
