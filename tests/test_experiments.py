@@ -160,6 +160,16 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
     names = {c['check'] for c in res['checks']}
     assert {'frozen transfers', 'HTTN above frozen, intervals apart', 'frozen < TAA-only', 'one frame far below video'} <= names
     assert {c['seed'] for c in res['checks']} == {0, 1} and 'claims: ' in r.stdout
+    # the diagnosis: each tuned HTTN's test episodes from Z, M1 and H(M2); Z under the released metric is the table's HTTN accuracy
+    diag = res['diagnosis']
+    assert sorted((d['seed'], d['target'], d['n_shot'], d['part'], d['metric']) for d in diag) == sorted(
+        [(s, t, 1, p, m) for s in (0, 1) for t in ('target_a', 'target_b') for p in ('z', 'm1', 'h') for m in ('released', 'distance')]
+        + [(s, t, 2, p, 'released') for s in (0, 1) for t in ('target_a', 'target_b') for p in ('z', 'm1', 'h')])
+    for d in diag:
+        if (d['part'], d['metric']) == ('z', 'released'):
+            row = next(x for x in res['rows'] if (x['seed'], x['target'], x['n_shot'], x['method']) == (d['seed'], d['target'], d['n_shot'], 'httn'))
+            assert d['acc_mean'] == pytest.approx(row['acc_mean'], abs=1e-9)
+    assert re.search(r'target +shot +metric +frozen +Z +M1 only +H only +H cv\n', r.stdout) and len(rows_of(out / 'diagnosis.csv')) == len(diag)
     # each seed pre-trained its own source model, and each tuned run started from its seed's model
     for s in (0, 1):
         ck = out / f'seed{s}' / 'pretrain' / 'sl_checkpoint.pth'

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from ..core import DataError, ConfigError, save_json, pick_device
-from ..models.httn import HTTN, prototype_scores
+from ..models.httn import HTTN, Embedding, METRICS, prototype_scores
 from ..data.sources import VideoList
 from ..data.episodes import EpisodeSampler
 from ..data.sampling import SegmentSampler
@@ -19,7 +19,8 @@ from ..data.reader import FrameReader
 from ..data.datasets import ClipDataset, EpisodeDataset, clip_loader, episode_loader
 
 # %% auto #0
-__all__ = ['ci95', 'episode_accuracy', 'episode_accuracies', 'embed_videos', 'check_reader', 'evaluate']
+__all__ = ['ci95', 'episode_accuracy', 'episode_accuracies', 'embed_videos', 'check_reader', 'embed_episodes', 'evaluate',
+           'decompose']
 
 # %% ../../nbs/30_fewshot.evaluate.ipynb #78e5dafa
 def ci95(accs) -> float:
@@ -27,34 +28,37 @@ def ci95(accs) -> float:
     a = np.asarray(accs, dtype=np.float64)
     return float(1.96 * a.std() / math.sqrt(len(a))) if len(a) else float('nan')
 
-def episode_accuracy(z:torch.Tensor, n_shot:int) -> float:
-    "Accuracy of one episode from its representations z (way, n_shot + Q, C): the released metric, queries in class order."
+def episode_accuracy(z:torch.Tensor, n_shot:int, metric:str='released') -> float:
+    "Accuracy of one episode from its representations z (way, n_shot + Q, C) under `metric` (see `prototype_scores`), queries in class order."
     way, n = z.shape[:2]
-    scores = prototype_scores(z[:, :n_shot], z[:, n_shot:].reshape(way * (n - n_shot), -1))
+    scores = prototype_scores(z[:, :n_shot], z[:, n_shot:].reshape(way * (n - n_shot), -1), metric)
     labels = torch.arange(way, device=z.device).repeat_interleave(n - n_shot)
     return (scores.argmax(1) == labels).float().mean().item()
 
-def episode_accuracies(z:torch.Tensor, sampler:EpisodeSampler, progress:bool=False) -> np.ndarray:
+def episode_accuracies(z:torch.Tensor, sampler:EpisodeSampler, progress:bool=False, metric:str='released') -> np.ndarray:
     "Accuracy of every episode of `sampler`, from representations `z` (one row per video of its list)."
     out = np.empty(len(sampler))
     for i in tqdm(range(len(sampler)), desc='episodes', disable=not progress, mininterval=1):
         idx = torch.as_tensor(sampler.episode(i).indices)
-        out[i] = episode_accuracy(z[idx], sampler.n_shot)
+        out[i] = episode_accuracy(z[idx], sampler.n_shot, metric)
     return out
 
 # %% ../../nbs/30_fewshot.evaluate.ipynb #90616024
 @torch.no_grad()
 def embed_videos(model:HTTN, videos:VideoList, batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
                  num_workers:int=0, progress:bool=True, part:str='z', sampler=None) -> torch.Tensor:
-    "Z (or 'm1') of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU."
+    "Z (or `part` 'm1' or 'h'; None: all three as an `Embedding`) of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU."
+    if part not in (None, *Embedding._fields): raise ConfigError(f"part={part!r} is not one of {Embedding._fields} (or None for all)")
     dev = pick_device(device); model = model.to(dev).eval(); c = model.cfg
     ds = ClipDataset(videos, sampler or SegmentSampler(c.num_frames), eval_transform(c.img_size), reader or FrameReader(short_side=c.img_size))
     dl = clip_loader(ds, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
     out = []
     for clips, _ in tqdm(dl, desc='embed', disable=not progress):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
-            out.append(getattr(model.embed_parts(clips.to(dev, non_blocking=True)), part).float().cpu())
-    return torch.cat(out)
+            e = model.embed_parts(clips.to(dev, non_blocking=True))
+        out.append(Embedding(*(t.float().cpu() for t in e)))
+    e = Embedding(*(torch.cat(t) for t in zip(*out)))
+    return e if part is None else getattr(e, part)
 
 # %% ../../nbs/30_fewshot.evaluate.ipynb #b1676ad9
 def check_reader(model:HTTN, reader:FrameReader|None):
@@ -65,21 +69,33 @@ def check_reader(model:HTTN, reader:FrameReader|None):
                           f"raise decode_short_side to {model.cfg.img_size} or more, or use a model of that resolution")
 
 # %% ../../nbs/30_fewshot.evaluate.ipynb #9aad8ee2
+def embed_episodes(model:HTTN, videos:VideoList, sampler:EpisodeSampler, batch_size:int=32, device='auto', amp:bool=False,
+                   reader:FrameReader|None=None, num_workers:int=0, progress:bool=True, part:str|None='z', frame_sampler=None) -> tuple:
+    "(representations, clip forwards): `embed_videos` of the videos `sampler`'s episodes draw, one row per video of `videos` (zeros for the others)."
+    use = None
+    if len(sampler) * sampler.n_way * (sampler.n_shot + sampler.n_query) < len(videos):      # a few episodes: embed only the videos they draw
+        use = np.unique(np.concatenate([sampler.episode(i).indices.ravel() for i in range(len(sampler))]))
+    e = embed_videos(model, videos if use is None else videos.subset(use), batch_size, device, amp, reader, num_workers, progress, part=part, sampler=frame_sampler)
+    if use is None: return e, len(videos)
+    full = lambda z: torch.zeros(len(videos), z.shape[1]).index_copy_(0, torch.as_tensor(use), z)
+    return (full(e) if part is not None else Embedding(*map(full, e))), len(use)
+
+#| export
+
+# %% ../../nbs/30_fewshot.evaluate.ipynb #66deea55
 def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:int=12, n_episodes:int=10000, seed:int=0,
              protocol:str='cached', batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
-             num_workers:int=0, flip:bool=False, progress:bool=True, out=None, frame_sampler=None) -> dict:
-    "N-way K-shot accuracy over `n_episodes` seeded episodes of `videos`: mean, 95 % interval, per-episode accuracies; `frame_sampler` replaces the frame choice of the cached protocol."
+             num_workers:int=0, flip:bool=False, progress:bool=True, out=None, frame_sampler=None, part:str='z', metric:str='released') -> dict:
+    "N-way K-shot accuracy over `n_episodes` seeded episodes of `videos`: mean, 95 % interval, per-episode accuracies; `frame_sampler` replaces the frame choice of the cached protocol; `part` and `metric` choose the representation ('z', 'm1', 'h') and the score (see `prototype_scores`)."
+    if part not in Embedding._fields: raise ConfigError(f"part={part!r} is not one of {Embedding._fields}")
+    if metric not in METRICS: raise ConfigError(f"metric={metric!r} is not one of {METRICS}")
     if protocol not in ('cached', 'reembed', 'released'): raise ConfigError(f"protocol={protocol!r} is not 'cached', 'reembed' or 'released'")
     check_reader(model, reader)
     sampler = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes, seed, class_names=videos.classes)
     t0 = time.time(); dev = pick_device(device)
     if protocol == 'cached':
-        use = None
-        if n_episodes * n_way * (n_shot + n_query) < len(videos):      # a few episodes: embed only the videos they draw
-            use = np.unique(np.concatenate([sampler.episode(i).indices.ravel() for i in range(n_episodes)]))
-        z = embed_videos(model, videos if use is None else videos.subset(use), batch_size, dev, amp, reader, num_workers, progress, sampler=frame_sampler)
-        if use is not None: z = torch.zeros(len(videos), z.shape[1]).index_copy_(0, torch.as_tensor(use), z)
-        accs, forwards = episode_accuracies(z, sampler, progress), len(videos) if use is None else len(use)
+        z, forwards = embed_episodes(model, videos, sampler, batch_size, dev, amp, reader, num_workers, progress, part=part, frame_sampler=frame_sampler)
+        accs = episode_accuracies(z, sampler, progress, metric)
     else:
         if frame_sampler is not None: raise ConfigError(f"frame_sampler= is for protocol='cached', not {protocol!r}")
         c = model.cfg; model = model.to(dev).eval()
@@ -90,10 +106,26 @@ def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:in
         with torch.no_grad():
             for i, (ep, _) in enumerate(tqdm(episode_loader(ds, num_workers=num_workers), total=n_episodes, desc='episodes', disable=not progress)):
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
-                    zz = model.embed(ep.to(dev).flatten(0, 1)).float()
-                accs[i] = episode_accuracy(zz.view(*ep.shape[:2], -1), n_shot)
+                    zz = getattr(model.embed_parts(ep.to(dev).flatten(0, 1)), part).float()
+                accs[i] = episode_accuracy(zz.view(*ep.shape[:2], -1), n_shot, metric)
         forwards = n_episodes * n_way * (n_shot + n_query)
     res = dict(acc_mean=float(accs.mean()), acc_ci95=ci95(accs), episodes=n_episodes, n_way=n_way, n_shot=n_shot, n_query=n_query,
-               seed=seed, protocol=protocol, clip_forwards=forwards, seconds=round(time.time() - t0, 2), accs=accs.tolist())
+               seed=seed, protocol=protocol, part=part, metric=metric, clip_forwards=forwards, seconds=round(time.time() - t0, 2), accs=accs.tolist())
     if out is not None: save_json(res, out)
     return res
+
+# %% ../../nbs/30_fewshot.evaluate.ipynb #f7cb50f9
+def decompose(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:int=12, n_episodes:int=1000, seed:int=0,
+              device='auto', reader:FrameReader|None=None, progress:bool=False) -> list[dict]:
+    "Accuracy of the same seeded episodes (the cached protocol's) from Z, M1 alone and H(M2) alone, per metric, from one embedding pass; one row each."
+    check_reader(model, reader)
+    sampler = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes, seed, class_names=videos.classes)
+    e, _ = embed_episodes(model, videos, sampler, device=device, reader=reader, progress=progress, part=None)
+    rows = []
+    for part in Embedding._fields if model.gtmt is not None else ('z',):
+        n = getattr(e, part).norm(dim=1)
+        for metric in METRICS if n_shot == 1 else METRICS[:1]:
+            accs = episode_accuracies(getattr(e, part), sampler, metric=metric)
+            rows.append(dict(part=part, metric=metric, n_way=n_way, n_shot=n_shot, acc_mean=float(accs.mean()), acc_ci95=ci95(accs),
+                             episodes=n_episodes, norm_mean=float(n.mean()), norm_cv=float(n.std() / n.mean())))
+    return rows

@@ -49,6 +49,7 @@ class FinetuneConfig(ConfigMixin):
     n_query: int = 12
     train_episodes: int = 600
     val_episodes: int = 300
+    val_every: int = 1                    # validate every `val_every` epochs, and after the last
     val_n_query: int|None = None          # default: n_query
     epochs: int = 30
     lr: float = 1e-3
@@ -86,6 +87,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     if val is None and cfg.require_val:
         raise DataError("no validation split: best-model selection needs val classes. Pass val=..., or require_val=False "
                         "to keep the last model only")
+    if cfg.val_every < 1: raise ConfigError(f"val_every={cfg.val_every}: validate every 1 or more epochs")
     if cfg.keep not in ('best', 'last'): raise ConfigError(f"keep={cfg.keep!r}: the result is the 'best' (val accuracy) or the 'last' checkpoint")
     d = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -122,7 +124,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     best = max([r['val_acc'] for r in run.metrics() if 'val_acc' in r], default=-1.0)
     def validate(model, step):
         nonlocal best
-        if val is None: return {}
+        if val is None or (step // per_epoch) % cfg.val_every and step != cfg.epochs * per_epoch: return {}   # every val_every epochs, and the last
         v = evaluate(model, val, cfg.n_way, cfg.n_shot, vq, cfg.val_episodes, cfg.seed + 1, device=d.device,
                      amp=cfg.amp != 'fp32', reader=reader, progress=False)
         if v['acc_mean'] > best:

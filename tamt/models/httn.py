@@ -8,21 +8,25 @@ from collections import namedtuple
 import torch
 import torch.nn as nn
 from timm.models import register_model
+from ..core import ConfigError
 from .vit import HTTNConfig, VideoViT, VIT_SMALL, VIT_BASE
 from .taa import TAA
 from .gtmt import GTMT
 
 # %% auto #0
-__all__ = ['Embedding', 'prototype_scores', 'HTTN', 'tamt_httn_vit_small_patch16_112', 'tamt_httn_vit_small_patch16_224',
-           'tamt_httn_vit_base_patch16_112', 'tamt_httn_vit_base_patch16_224']
+__all__ = ['METRICS', 'Embedding', 'prototype_scores', 'HTTN', 'tamt_httn_vit_small_patch16_112',
+           'tamt_httn_vit_small_patch16_224', 'tamt_httn_vit_base_patch16_112', 'tamt_httn_vit_base_patch16_224']
 
 # %% ../../nbs/14_models.httn.ipynb #8d5a7d22
-def prototype_scores(support:torch.Tensor, query:torch.Tensor) -> torch.Tensor:
-    "Scores (n_query, way) in float32 of queries (n_query, C) against prototypes of support (way, K, C): dot product if K == 1, else -squared distance."
+METRICS = ('released', 'distance')
+
+def prototype_scores(support:torch.Tensor, query:torch.Tensor, metric:str='released') -> torch.Tensor:
+    "Scores (n_query, way) in float32 of queries (n_query, C) against prototypes of support (way, K, C): `metric` 'released' is the dot product if K == 1, else -squared distance; 'distance' is -squared distance at every K."
+    if metric not in METRICS: raise ConfigError(f"metric={metric!r} is not one of {METRICS}")
     with torch.autocast(support.device.type, enabled=False):
         support, query = support.float(), query.float()
         protos = support.mean(1)
-        if support.shape[1] == 1: return query @ protos.t()
+        if support.shape[1] == 1 and metric == 'released': return query @ protos.t()
         return -((query[:, None] - protos[None]) ** 2).sum(-1)
 
 # %% ../../nbs/14_models.httn.ipynb #5f062c17
