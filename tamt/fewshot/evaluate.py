@@ -80,8 +80,6 @@ def embed_episodes(model:HTTN, videos:VideoList, sampler:EpisodeSampler, batch_s
     full = lambda z: torch.zeros(len(videos), z.shape[1]).index_copy_(0, torch.as_tensor(use), z)
     return (full(e) if part is not None else Embedding(*map(full, e))), len(use)
 
-#| export
-
 # %% ../../nbs/30_fewshot.evaluate.ipynb #66deea55
 def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:int=12, n_episodes:int=10000, seed:int=0,
              protocol:str='cached', batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
