@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1)")
     sw.add_argument('--out', default=None, help="folder of the runs and the table (default: the file's out)")
     pr = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
-    pr.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~30 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
+    pr.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
     pr.add_argument('--out', required=True, help='run folder (an existing one is resumed)')
     pr.add_argument('--stages', default='ssl,sl', help="'ssl,sl', 'ssl' or 'sl'")
     pr.add_argument('--init', default=None, help='checkpoint the SL stage starts from when SSL is not run')

@@ -95,7 +95,7 @@ PRESETS = {
                                            taa_blocks=2, drop_path_rate=0.0),
                                 stride=2, decode_short_side=64, num_workers=2, ssl_epochs=10, ssl_batch=32, ssl_lr=1.5e-3 * 256 / 32,
                                 ssl_warmup_epochs=1, ssl_min_lr=1e-5, mask_ratio=0.75, norm_target=False, decoder_dim=64,
-                                decoder_depth=1, decoder_heads=2, sl_epochs=40, sl_batch=16, sl_lr=1e-3 * 256 / 16, sl_warmup_epochs=1,
+                                decoder_depth=1, decoder_heads=2, sl_epochs=60, sl_batch=16, sl_lr=1e-3 * 256 / 16, sl_warmup_epochs=1,
                                 sl_min_lr=1e-5, sl_crop_scale=(0.6, 1.0), label_smoothing=0.0, mixup=0.0, cutmix=0.0, randaug=None,
                                 erase=0.0, layer_decay=1.0, head_init_scale=1.0, ckpt_every=500, log_every=20),
 }
