@@ -140,8 +140,10 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
              '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1, '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}',
              '-p', 'source_test', 'source/train', '-p', 'shots', '[1, 2]', '-p', 'ablation_shots', '[2]', '-p', 'n_way', 3,
              '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 1,
-             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu', '-p', 'seeds', '[0, 1]')
+             '-p', 'eval_episodes', 10, '-p', 'eval_n_query', 2, '-p', 'num_workers=0', '-p', 'device', 'cpu', '-p', 'seeds', '[0, 1]',
+             '-p', 'tune_repeats', 2, '-p', 'ft_overrides', '{"view_bank": 2}')
     assert r.returncode == 0, r.stderr[-3000:]
+    assert 'each tuned cell is the mean of 2 tunings' in r.stdout
     assert re.search(r'target +shot +random +frozen +taa +gtmt +httn +frozen, one frame +httn, one frame\n', r.stdout)
     assert 'mean ± std over seeds [0, 1]' in r.stdout and f"results: {out / 'results.csv'}" in r.stdout
     res = json.loads((out / 'results.json').read_text())
@@ -152,6 +154,15 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
     src = sorted((x['seed'], x['method']) for x in res['rows'] if x['target'] == 'source (held-out)')
     assert src == [(0, 'frozen'), (0, 'random'), (1, 'frozen'), (1, 'random')]
     assert all(x['episodes'] == 10 and x['scheme'] == 'ssl_sl' for x in res['rows'])
+    # every tuned cell is the mean of its two tunings (tuning seeds s and 1000 + s, each from a view bank of 2 views), tested on the same episodes
+    for x in res['rows']:
+        if x['method'] in ('taa', 'gtmt', 'httn'):
+            assert x['tunings'] == 2 and len(x['tune_accs']) == 2 and x['acc_mean'] == pytest.approx(sum(x['tune_accs']) / 2), x
+            d = out / f"seed{x['seed']}" / 'targets' / x['target'] / f"{x['target']}_{x['method']}_{x['n_shot']}shot_r1"
+            assert json.loads((d / 'results.json').read_text())['config']['seed'] == 1000 + x['seed']
+            assert json.loads((d / 'results.json').read_text())['view_bank']['views'] == 2
+            assert json.loads((d / 'eval.json').read_text())['acc_mean'] == pytest.approx(x['tune_accs'][1])
+        elif x['method'] == 'frozen' and x['target'] != 'source (held-out)': assert x['tunings'] == 1 and x['tune_std'] is None
     # the summary: one row per (target, shot, method) over both seeds, with their spread
     httn = next(x for x in res['summary'] if (x['target'], x['n_shot'], x['method']) == ('target_a', 2, 'httn'))
     accs = [x['acc_mean'] for x in res['rows'] if (x['target'], x['n_shot'], x['method']) == ('target_a', 2, 'httn')]
@@ -168,7 +179,7 @@ def test_main_job_runs_the_pipeline(data, tmp_path):
     for d in diag:
         if (d['part'], d['metric']) == ('z', 'released'):
             row = next(x for x in res['rows'] if (x['seed'], x['target'], x['n_shot'], x['method']) == (d['seed'], d['target'], d['n_shot'], 'httn'))
-            assert d['acc_mean'] == pytest.approx(row['acc_mean'], abs=1e-9)
+            assert d['acc_mean'] == pytest.approx(row['tune_accs'][0], abs=1e-9)     # the first tuning's model
     assert re.search(r'target +shot +metric +frozen +Z +M1 only +H only +H cv\n', r.stdout) and len(rows_of(out / 'diagnosis.csv')) == len(diag)
     # each seed pre-trained its own source model, and each tuned run started from its seed's model
     for s in (0, 1):

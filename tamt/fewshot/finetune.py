@@ -9,7 +9,11 @@ from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
-from ..core import ConfigMixin, ConfigError, DataError, save_json, load_torch
+import numpy as np
+from torch.utils.data import Dataset, DataLoader
+from tqdm.auto import tqdm
+from ..core import ConfigMixin, ConfigError, DataError, save_json, load_torch, rng_for
+from ..models.vit import HTTNConfig
 from ..models.httn import HTTN
 from ..models.checkpoints import load_model, save_checkpoint
 from ..data.sources import VideoList
@@ -17,12 +21,13 @@ from ..data.episodes import EpisodeSampler
 from ..data.sampling import SegmentSampler
 from ..data.transforms import train_transform
 from ..data.reader import FrameReader
-from ..data.datasets import EpisodeDataset, episode_train_loader
-from ..train.engine import RunDir, fit, init_distributed, read_metrics
+from ..data.datasets import ClipDataset, EpisodeDataset, episode_train_loader
+from ..train.engine import RunDir, fit, init_distributed, read_metrics, amp_dtype
 from .evaluate import evaluate, check_reader
 
 # %% auto #0
-__all__ = ['METHODS', 'build_for_method', 'FinetuneConfig', 'cosine_per_epoch', 'finetune']
+__all__ = ['METHODS', 'BANK_DTYPES', 'build_for_method', 'FinetuneConfig', 'cosine_per_epoch', 'finetune', 'bank_bytes',
+           'ViewBank', 'BankEpisodes']
 
 # %% ../../nbs/31_fewshot.finetune.ipynb #94f29e14
 METHODS = {'frozen': dict(use_gtmt=False, taa_blocks=0), 'taa': dict(use_gtmt=False), 'gtmt': dict(taa_blocks=0),
@@ -72,6 +77,9 @@ class FinetuneConfig(ConfigMixin):
     ckpt_every: int = 100
     log_every: int = 20
     max_steps: int|None = None
+    view_bank: int = 0                    # V > 0: V augmented views per base video through the frozen leading blocks, computed once (`ViewBank`); 0: fresh views (released)
+    bank_dtype: str = 'bfloat16'          # the stored tokens' dtype: 'bfloat16', 'float16' or 'float32'
+    bank_max_gib: float = 4.0             # refuse a view bank larger than this
     progress: bool = True
     overrides: dict = field(default_factory=dict)    # HTTNConfig overrides when loading the initial checkpoint
 
@@ -108,16 +116,23 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
     check_reader(model, reader)
     tf = train_transform(c.img_size, scale=tuple(cfg.crop_scale), flip=cfg.flip, randaug=tuple(cfg.randaug) if cfg.randaug else None, erase=cfg.erase)
-    ds = EpisodeDataset(base, train_eps, SegmentSampler(c.num_frames, train=True), tf, reader)
-    loader = episode_train_loader(ds, cfg.num_workers, pin_memory=d.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
+    start, workers = 0, cfg.num_workers
+    if cfg.view_bank:                                           # the frozen leading blocks run once per stored view
+        t0 = time.time()
+        bank = ViewBank(model, base, cfg.view_bank, tf, reader, cfg.seed, cfg.bank_dtype, d.device, cfg.bank_max_gib,
+                        amp_dtype(cfg.amp, d.device), num_workers=cfg.num_workers, progress=cfg.progress)
+        ds, start, workers = bank.episodes(train_eps, cfg.seed), bank.start, 0
+        result['view_bank'] = dict(views=bank.views, start=bank.start, gib=bank.gib, seconds=round(time.time() - t0, 1))
+    else: ds = EpisodeDataset(base, train_eps, SegmentSampler(c.num_frames, train=True), tf, reader)
+    loader = episode_train_loader(ds, workers, pin_memory=d.device.type == 'cuda' and not start, persistent_workers=workers > 0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=d.device.type == 'cuda')
     fwd = torch.compile(model) if cfg.compile else model
     per_epoch = cfg.train_episodes
     labels = torch.arange(cfg.n_way, device=d.device).repeat_interleave(cfg.n_query)
     def loss_fn(model, batch, step):
-        video = batch[0].to(d.device, non_blocking=True)
-        scores = fwd(video, n_shot=cfg.n_shot).float()
+        video = batch[0].to(d.device, torch.float32 if start else None, non_blocking=True)
+        scores = fwd(video, n_shot=cfg.n_shot, start=start).float()
         return nn.functional.cross_entropy(scores, labels), dict(train_acc=(scores.argmax(1) == labels).float().mean())
     init_id = str(Path(init).resolve()) if not isinstance(init, HTTN) and Path(init).exists() else str(init)   # independent of the working folder
     run = RunDir(out, dict(stage='finetune', init=init_id, **cfg.to_dict()))
@@ -132,7 +147,8 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
         return dict(val_acc=v['acc_mean'], val_ci95=v['acc_ci95'], epoch=step / per_epoch)
     fit(model, loss_fn, loader, opt, total_steps=min(cfg.epochs * per_epoch, cfg.max_steps or cfg.epochs * per_epoch), run=run,
         schedule=cosine_per_epoch(cfg.lr, cfg.t_max, cfg.eta_min, per_epoch), amp=cfg.amp, ckpt_every=cfg.ckpt_every,
-        log_every=min(cfg.log_every, per_epoch), evaluate=validate, eval_every=per_epoch, progress=cfg.progress, desc=f'finetune {cfg.method}')
+        log_every=min(cfg.log_every, per_epoch), evaluate=validate, eval_every=per_epoch, progress=cfg.progress, desc=f'finetune {cfg.method}',
+        n_clips=lambda b: b[0].shape[0] * b[0].shape[1])
     save_checkpoint(model, out/'last.pt')
     if not (out/'best.pt').exists(): save_checkpoint(model, out/'best.pt')
     rows = run.metrics()
@@ -141,3 +157,57 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
                   train_loss=[r['loss'] for r in rows if 'loss' in r])
     save_json(result, out/'results.json')
     return result
+
+# %% ../../nbs/31_fewshot.finetune.ipynb #ccc7948a
+BANK_DTYPES = {'bfloat16': torch.bfloat16, 'float16': torch.float16, 'float32': torch.float32}
+
+def bank_bytes(cfg:HTTNConfig, views:int, dtype:str='bfloat16') -> int:
+    "Bytes a view bank takes per video: `views` × N tokens × C channels of `dtype`."
+    if dtype not in BANK_DTYPES: raise ConfigError(f"bank_dtype={dtype!r} is not one of {list(BANK_DTYPES)}")
+    return views * cfg.num_tokens * cfg.embed_dim * BANK_DTYPES[dtype].itemsize
+
+# %% ../../nbs/31_fewshot.finetune.ipynb #a5c387b5
+class ViewBank:
+    "`views` augmented views of each video of `videos` through `model`'s frozen leading blocks (`start` of them), computed once and kept in `dtype` on `device`."
+    def __init__(self, model:HTTN, videos:VideoList, views:int, transform, reader:FrameReader|None=None, seed:int=0, dtype:str='bfloat16',
+                 device='cpu', max_gib:float=4.0, amp=None, batch_size:int=16, num_workers:int=0, progress:bool=True):
+        if views < 1: raise ConfigError(f"view_bank={views}: store 1 or more views per video (0 turns the bank off)")
+        c, per = model.cfg, bank_bytes(model.cfg, views, dtype)
+        self.start, self.views, self.videos = model.frozen_prefix(), views, videos
+        if self.start == 0: raise ConfigError(f"view_bank={views}: this model trains its patch embedding or first block (method 'full'?), so no "
+                                              "block output stays the same; use view_bank=0")
+        if len(videos) * per > max_gib * 2**30:
+            raise ConfigError(f"view_bank={views}: {len(videos)} videos x {views} views x {c.num_tokens} tokens x {c.embed_dim} channels of {dtype} "
+                              f"take {len(videos) * per / 2**30:.2f} GiB, above bank_max_gib={max_gib} ({2**30 // per} videos fit per GiB at "
+                              f"{views} views). Lower view_bank, or raise bank_max_gib where the memory is there")
+        self.tokens = torch.empty(len(videos), views, c.num_tokens, c.embed_dim, dtype=BANK_DTYPES[dtype], device=device)
+        items = [(v, i) for v in range(views) for i in range(len(videos))]      # (view, video): ClipDataset seeds view v as its epoch v
+        dl = DataLoader(ClipDataset(videos, SegmentSampler(c.num_frames, train=True), transform, reader, seed=seed), batch_size=batch_size,
+                        sampler=items, num_workers=num_workers)
+        dev, at, was = next(model.parameters()).device, 0, model.training
+        model.train()                                                          # stochastic depth in the frozen blocks is part of a view
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            for clips, _ in tqdm(dl, desc=f'view bank ({views} views)', disable=not progress, leave=False):
+                v, i = map(list, zip(*items[at:at + len(clips)])); at += len(clips)
+                self.tokens[i, v] = model.backbone.forward_tokens(clips.to(dev), stop=self.start).to(self.tokens)
+        model.train(was)
+        self.gib = self.tokens.numel() * self.tokens.element_size() / 2**30
+
+    def episodes(self, sampler:EpisodeSampler, seed:int=0) -> BankEpisodes:
+        "The training episodes of `sampler` drawn from this bank (a dataset for `episode_train_loader`)."
+        return BankEpisodes(self, sampler, seed)
+
+    def __repr__(self): return f"ViewBank({len(self.videos)} videos x {self.views} views after {self.start} blocks, {self.gib:.3f} GiB)"
+
+class BankEpisodes(Dataset):
+    "Episode `(epoch, i)` of `sampler` from a `ViewBank` as `(tokens, labels)`: tokens (way, shot+query, N, C), one stored view per clip, drawn from `seed`, the epoch and `i`."
+    def __init__(self, bank:ViewBank, sampler:EpisodeSampler, seed:int=0):
+        if len(sampler.labels) != len(bank.videos) or (sampler.labels != bank.videos.labels).any():
+            raise DataError(f"the episode sampler was built on other labels than the bank's {bank.videos.name}")
+        self.bank, self.sampler, self.seed = bank, sampler, seed
+    def __len__(self): return len(self.sampler)
+    def __getitem__(self, item):
+        epoch, i = item
+        ep = self.sampler.episode(i, epoch)
+        view = rng_for(self.seed, 'bank-view', epoch, i).integers(self.bank.views, size=ep.indices.shape)
+        return self.bank.tokens[torch.from_numpy(ep.indices), torch.from_numpy(view)], torch.from_numpy(np.asarray(self.bank.videos.labels)[ep.indices])

@@ -17,7 +17,8 @@ from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, METHODS
 
 # %% auto #0
-__all__ = ['FIELDS', 'evaluate_checkpoint', 'compare', 'write_table', 'seed_summary', 'benchmark_checks', 'summary_figure']
+__all__ = ['FIELDS', 'evaluate_checkpoint', 'tuning_seed', 'compare', 'write_table', 'seed_summary', 'benchmark_checks',
+           'summary_figure']
 
 # %% ../../nbs/32_fewshot.harness.ipynb #b8a1453f
 def evaluate_checkpoint(checkpoint, split_file, data_root=None, n_way:int=5, n_shot:int=5, n_query:int=12, n_episodes:int=10000,
@@ -31,25 +32,33 @@ def evaluate_checkpoint(checkpoint, split_file, data_root=None, n_way:int=5, n_s
     return res
 
 # %% ../../nbs/32_fewshot.harness.ipynb #bfc4731d
-FIELDS = ['target', 'method', 'n_way', 'n_shot', 'acc_mean', 'acc_ci95', 'episodes', 'best_val', 'train_seconds', 'checkpoint']
+FIELDS = ['target', 'method', 'n_way', 'n_shot', 'acc_mean', 'acc_ci95', 'tunings', 'tune_std', 'tune_accs', 'episodes', 'best_val', 'train_seconds', 'checkpoint']
+
+def tuning_seed(seed:int, repeat:int) -> int:
+    "The tuning seed of repeat `repeat` of a cell of seed `seed`: the seed itself first, then 1000 · repeat + seed."
+    return seed if repeat == 0 else 1000 * repeat + seed
 
 def compare(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, target:str='target', methods=('frozen', 'taa', 'gtmt', 'httn', 'full'),
-            shots=(1, 5), ft:FinetuneConfig|None=None, n_query:int=12, n_episodes:int=1000, seed:int=0, device='auto', progress:bool=True) -> list[dict]:
-    "Fine-tune and evaluate each method for each shot count; returns one row per (method, shot) and writes results.json / results.csv."
+            shots=(1, 5), ft:FinetuneConfig|None=None, n_query:int=12, n_episodes:int=1000, seed:int=0, device='auto', progress:bool=True, repeats:int=1) -> list[dict]:
+    "Fine-tune and evaluate each method for each shot count (`repeats` tunings of each, the accuracy their mean); returns one row per (method, shot) and writes results.json / results.csv."
     ft = ft or FinetuneConfig()
     bad = [m for m in methods if m not in METHODS]
     if bad: raise ConfigError(f"unknown methods {bad}; known: {list(METHODS)}")
+    if repeats < 1: raise ConfigError(f"repeats={repeats}: tune each method 1 or more times")
     out = Path(out_dir); rows = []
     for k in shots:
         for m in methods:
-            run = out/f'{target}_{m}_{k}shot'
-            t0 = time.time()
-            r = finetune(run, init, base, val, ft.update(method=m, n_shot=k, progress=progress))
-            secs = time.time() - t0
-            model = load_model(r['checkpoint'], verbose=False)
-            e = evaluate(model, novel, ft.n_way, k, n_query, n_episodes, seed, device=device, progress=False, out=run/'eval.json')
-            rows.append(dict(target=target, method=m, n_way=ft.n_way, n_shot=k, acc_mean=e['acc_mean'], acc_ci95=e['acc_ci95'],
-                             episodes=n_episodes, best_val=r.get('best_val'), train_seconds=round(secs, 1), checkpoint=r['checkpoint']))
+            t0, runs = time.time(), []
+            for i in range(1 if m == 'frozen' else repeats):         # the frozen model is the same every time
+                run = out/(f'{target}_{m}_{k}shot' + (f'_r{i}' if i else ''))
+                r = finetune(run, init, base, val, ft.update(method=m, n_shot=k, seed=tuning_seed(ft.seed, i), progress=progress))
+                e = evaluate(load_model(r['checkpoint'], verbose=False), novel, ft.n_way, k, n_query, n_episodes, seed, device=device,
+                             progress=False, out=run/'eval.json')
+                runs.append((r, e))
+            a = np.array([e['acc_mean'] for r, e in runs])
+            rows.append(dict(target=target, method=m, n_way=ft.n_way, n_shot=k, acc_mean=float(a.mean()), acc_ci95=float(np.mean([e['acc_ci95'] for r, e in runs])),
+                             tunings=len(runs), tune_std=float(a.std(ddof=1)) if len(runs) > 1 else None, tune_accs=a.tolist(), episodes=n_episodes,
+                             best_val=runs[0][0].get('best_val'), train_seconds=round(time.time() - t0, 1), checkpoint=runs[0][0]['checkpoint']))
             write_table(rows, out)
     return rows
 
@@ -59,18 +68,19 @@ def write_table(rows:list[dict], out_dir):
 
 # %% ../../nbs/32_fewshot.harness.ipynb #0b283411
 def seed_summary(rows:list[dict], keys=('scheme', 'target', 'n_shot', 'method')) -> list[dict]:
-    "One row per `keys` over the seeds of `rows`: accuracy mean, std over seeds (None for one seed), mean 95 % episode interval, per-seed values."
+    "One row per `keys` over the seeds of `rows`: accuracy mean, std over seeds (None for one seed), mean 95 % episode interval, mean spread over re-tunings, per-seed values."
     groups = {}
     for r in rows: groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
     out = []
     for key, rs in groups.items():
         a, ci = np.array([r['acc_mean'] for r in rs]), [float(r['acc_ci95']) for r in rs]
         out.append(dict(zip(keys, key), n_seeds=len(rs), acc_mean=float(a.mean()), acc_std=float(a.std(ddof=1)) if len(rs) > 1 else None,
-                        ci95_mean=float(np.mean(ci)), seeds=[r.get('seed') for r in rs], per_seed=a.tolist(), per_seed_ci95=ci))
+                        ci95_mean=float(np.mean(ci)), tune_std_mean=float(np.mean(ts)) if (ts := [r['tune_std'] for r in rs if r.get('tune_std') is not None]) else None,
+                        seeds=[r.get('seed') for r in rs], per_seed=a.tolist(), per_seed_ci95=ci))
     return out
 
 # %% ../../nbs/32_fewshot.harness.ipynb #1de9f782
-def _pct(r): return f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_ci95']:.1f} %"
+def _pct(r): return f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_ci95']:.1f} %" + (f" (mean of {r['tunings']} tunings, sd {100 * r['tune_std']:.1f})" if r.get('tune_std') is not None else '')
 
 def benchmark_checks(rows:list[dict], scheme:str='ssl_sl', min_frozen:float=0.40, min_gain:float=0.05, ablation_shot:int=5,
                      min_motion_gap:float=0.10) -> list[dict]:

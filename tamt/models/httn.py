@@ -42,25 +42,26 @@ class HTTN(nn.Module):
         for blk in self.backbone.blocks[cfg.depth - cfg.taa_blocks:]: blk.adapter = TAA(cfg)
         self.gtmt = GTMT(cfg) if cfg.use_gtmt else None
 
-    def embed_parts(self, clips:torch.Tensor, record:bool=False) -> Embedding:
-        "Z, M1 and H(M2), each (B, C), for normalised clips (B, 3, F, H, W)."
-        x = self.backbone.forward_tokens(clips)
+    def embed_parts(self, clips:torch.Tensor, record:bool=False, start:int=0) -> Embedding:
+        "Z, M1 and H(M2), each (B, C), for normalised clips (B, 3, F, H, W), or for tokens (B, N, C) after the first `start` > 0 blocks."
+        x = self.backbone.forward_blocks(clips, start) if start else self.backbone.forward_tokens(clips)
         m1 = self.backbone.pool(x)
         h = self.gtmt(x, record=record) if self.gtmt is not None else torch.zeros_like(m1)
         return Embedding(m1 + h, m1, h)
 
-    def embed(self, clips:torch.Tensor) -> torch.Tensor:
-        "The video representation Z = M1 + H(M2), (B, C), for normalised clips (B, 3, F, H, W)."
-        return self.embed_parts(clips).z
+    def embed(self, clips:torch.Tensor, start:int=0) -> torch.Tensor:
+        "The video representation Z = M1 + H(M2), (B, C), for normalised clips (B, 3, F, H, W) (or tokens after `start` blocks)."
+        return self.embed_parts(clips, start=start).z
 
-    def forward(self, episode:torch.Tensor, n_shot:int) -> torch.Tensor:
-        "Query scores (way * Q, way) for an episode (way, n_shot + Q, 3, F, H, W), support first in each class; queries in class order."
-        if episode.ndim != 6 or not 0 < n_shot < episode.shape[1]:
-            c = self.cfg
-            raise ValueError(f"expected an episode of shape (way, n_shot + n_query, {c.in_chans}, {c.num_frames}, {c.img_size}, {c.img_size}) "
+    def forward(self, episode:torch.Tensor, n_shot:int, start:int=0) -> torch.Tensor:
+        "Query scores (way * Q, way) for an episode (way, n_shot + Q, 3, F, H, W), support first in each class; queries in class order. With `start` > 0 the episode holds tokens (way, n_shot + Q, N, C) after the first `start` blocks."
+        c = self.cfg
+        item = (c.num_tokens, c.embed_dim) if start else c.clip_shape()[1:]
+        if episode.ndim != 2 + len(item) or not 0 < n_shot < episode.shape[1]:
+            raise ValueError(f"expected an episode of shape (way, n_shot + n_query, {', '.join(map(str, item))}) "
                              f"with 0 < n_shot={n_shot} < n_shot + n_query, got {tuple(episode.shape)}")
         way, n = episode.shape[:2]
-        z = self.embed(episode.reshape(way * n, *episode.shape[2:])).view(way, n, -1)
+        z = self.embed(episode.reshape(way * n, *episode.shape[2:]), start).view(way, n, -1)
         return prototype_scores(z[:, :n_shot], z[:, n_shot:].reshape(way * (n - n_shot), -1))
 
     # --- what fine-tuning trains -------------------------------------------------------------
@@ -76,6 +77,12 @@ class HTTN(nn.Module):
         return self.num_trainable()
 
     def num_trainable(self) -> int: return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def frozen_prefix(self) -> int:
+        "How many leading blocks train nothing, the patch embedding included (0 if it trains): for a given clip view their output never changes."
+        b = self.backbone
+        if any(p.requires_grad for p in b.patch_embed.parameters()): return 0
+        return next((i for i, blk in enumerate(b.blocks) if any(p.requires_grad for p in blk.parameters())), len(b.blocks))
 
     def extra_repr(self): return f"{self.cfg.embed_dim}-d, {self.cfg.depth} blocks, TAA in the last {self.cfg.taa_blocks}, G={self.cfg.groups}"
 

@@ -149,12 +149,15 @@ class VideoViT(nn.Module):
             raise ValueError(f"expected clips of shape (B, {c.in_chans}, {c.num_frames}, {c.img_size}, {c.img_size}) (B, channels, frames, height, width) for this model "
                              f"({self.cfg.num_frames} frames at {self.cfg.img_size} px), got {tuple(x.shape)}")
 
-    def forward_tokens(self, x:torch.Tensor) -> torch.Tensor:
-        "Clips (B, 3, F, H, W) → tokens (B, N, C) after the last block."
+    def forward_tokens(self, x:torch.Tensor, stop:int|None=None) -> torch.Tensor:
+        "Clips (B, 3, F, H, W) → tokens (B, N, C) after the last block, or after the first `stop` blocks."
         self.check_clips(x)
-        x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
-        for blk in self.blocks: x = blk(x)
-        return x
+        return self.forward_blocks(self.patch_embed(x) + self.pos_embed.to(x.dtype), 0, stop)
+
+    def forward_blocks(self, tokens:torch.Tensor, start:int=0, stop:int|None=None) -> torch.Tensor:
+        "Tokens (B, N, C) after the first `start` blocks → tokens after the first `stop` blocks (default: all)."
+        for blk in self.blocks[start:stop]: tokens = blk(tokens)
+        return tokens
 
     def pool(self, tokens:torch.Tensor) -> torch.Tensor:
         "M1 = fc_norm(mean of the tokens)."

@@ -130,8 +130,8 @@ def _n_clips(batch) -> int:
 
 def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:RunDir, schedule=None,
         amp:str|None='auto', clip_grad:float|None=None, ckpt_every:int=100, log_every:int=10,
-        evaluate=None, eval_every:int|None=None, dist:Dist|None=None, progress:bool=True, desc:str='train') -> dict:
-    "Train `model` for `total_steps` optimiser steps, resuming from `run`'s last checkpoint if there is one; returns the last logged values."
+        evaluate=None, eval_every:int|None=None, dist:Dist|None=None, progress:bool=True, desc:str='train', n_clips=_n_clips) -> dict:
+    "Train `model` for `total_steps` optimiser steps, resuming from `run`'s last checkpoint if there is one; returns the last logged values (`n_clips(batch)` counts a batch's clips for clips/s)."
     d = dist or Dist(device=next(model.parameters()).device)
     net = unwrap(model)
     dtype = amp_dtype(amp, d.device)
@@ -182,7 +182,7 @@ def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:Run
                 step += 1; bar.update()
                 l = loss.detach().float(); bad |= ~torch.isfinite(l); loss_sum += l; n_sum += 1
                 for k, v in (extra or {}).items(): extra_sum[k] = extra_sum.get(k, 0) + torch.as_tensor(v).detach().float()
-                clips += _n_clips(batch) * d.world
+                clips += n_clips(batch) * d.world
                 if step % log_every == 0 or step == total_steps:
                     check(bad.item(), step)
                     dt = time.perf_counter() - t0
