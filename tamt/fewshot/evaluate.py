@@ -47,14 +47,14 @@ def episode_accuracies(z:torch.Tensor, sampler:EpisodeSampler, progress:bool=Fal
 @torch.no_grad()
 def embed_videos(model:HTTN, videos:VideoList, batch_size:int=32, device='auto', amp:bool=False, reader:FrameReader|None=None,
                  num_workers:int=0, progress:bool=True, part:str='z', sampler=None) -> torch.Tensor:
-    "Z (or `part` 'm1' or 'h'; None: all three as an `Embedding`) of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU."
+    "Z (or `part` 'm1' or 'h'; None: all three as an `Embedding`) of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU; `amp` embeds under bf16 autocast (on any device)."
     if part not in (None, *Embedding._fields): raise ConfigError(f"part={part!r} is not one of {Embedding._fields} (or None for all)")
     dev = pick_device(device); model = model.to(dev).eval(); c = model.cfg
     ds = ClipDataset(videos, sampler or SegmentSampler(c.num_frames), eval_transform(c.img_size), reader or FrameReader(short_side=c.img_size))
     dl = clip_loader(ds, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
     out = []
     for clips, _ in tqdm(dl, desc='embed', disable=not progress):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             e = model.embed_parts(clips.to(dev, non_blocking=True))
         out.append(Embedding(*(t.float().cpu() for t in e)))
     e = Embedding(*(torch.cat(t) for t in zip(*out)))
@@ -103,7 +103,7 @@ def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:in
         accs = np.empty(n_episodes)
         with torch.no_grad():
             for i, (ep, _) in enumerate(tqdm(episode_loader(ds, num_workers=num_workers), total=n_episodes, desc='episodes', disable=not progress)):
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == 'cuda'):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                     zz = getattr(model.embed_parts(ep.to(dev).flatten(0, 1)), part).float()
                 accs[i] = episode_accuracy(zz.view(*ep.shape[:2], -1), n_shot, metric)
         forwards = n_episodes * n_way * (n_shot + n_query)

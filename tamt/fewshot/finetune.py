@@ -67,7 +67,8 @@ class FinetuneConfig(ConfigMixin):
     erase: float = 0.25
     require_val: bool = True
     keep: str = 'best'                    # the checkpoint that is the run's result: 'best' (val accuracy, released) or 'last'
-    amp: str = 'auto'
+    amp: str = 'auto'                     # training precision: 'auto' (bf16 on a GPU that has it, else float32), 'bf16', 'fp16', 'fp32'
+    val_amp: str = 'fp32'                 # validation precision, 'fp32' (as the test) or 'bf16': the best checkpoint is chosen in it
     compile: bool = False                 # torch.compile the training forward (the fastest GPU path; costs a compile at start)
     device: str = 'auto'
     seed: int = 0
@@ -97,6 +98,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
                         "to keep the last model only")
     if cfg.val_every < 1: raise ConfigError(f"val_every={cfg.val_every}: validate every 1 or more epochs")
     if cfg.keep not in ('best', 'last'): raise ConfigError(f"keep={cfg.keep!r}: the result is the 'best' (val accuracy) or the 'last' checkpoint")
+    if cfg.val_amp not in ('fp32', 'bf16'): raise ConfigError(f"val_amp={cfg.val_amp!r}: validate in 'fp32' (the test's precision) or 'bf16'")
     d = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_for_method(init, cfg.method, **cfg.overrides).to(d.device)
@@ -141,7 +143,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
         nonlocal best
         if val is None or (step // per_epoch) % cfg.val_every and step != cfg.epochs * per_epoch: return {}   # every val_every epochs, and the last
         v = evaluate(model, val, cfg.n_way, cfg.n_shot, vq, cfg.val_episodes, cfg.seed + 1, device=d.device,
-                     amp=cfg.amp != 'fp32', reader=reader, progress=False)
+                     amp=cfg.val_amp == 'bf16', reader=reader, progress=False)
         if v['acc_mean'] > best:
             best = v['acc_mean']; save_checkpoint(model, out/'best.pt', step=step, epoch=step // per_epoch, val_acc=best)
         return dict(val_acc=v['acc_mean'], val_ci95=v['acc_ci95'], epoch=step / per_epoch)
