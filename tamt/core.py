@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #86b99084
 from __future__ import annotations
-import os, csv, json, errno, tempfile, random, contextlib, hashlib, dataclasses
+import os, csv, json, errno, tempfile, random, contextlib, hashlib, dataclasses, platform
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ import tamt
 # %% auto #0
 __all__ = ['PROJECT', 'TamtError', 'VideoError', 'DataError', 'ConfigError', 'WriteError', 'seed_seq', 'rng_for', 'torch_gen_for',
            'set_seed', 'atomic_path', 'save_json', 'save_csv', 'save_torch', 'load_torch', 'ConfigMixin', 'pick_device',
-           'data_home']
+           'machine_name', 'data_home']
 
 # %% ../nbs/00_core.ipynb #9a639af4
 class TamtError(Exception):
@@ -149,6 +149,16 @@ def pick_device(device:str|torch.device='auto') -> torch.device:
     except Exception as e: raise ConfigError(f"device={device!r} is not a device; use 'auto', 'cpu' or 'cuda[:N]'") from e
     if d.type == 'cuda' and not torch.cuda.is_available(): raise ConfigError(f"device={device!r} but CUDA is not available; use device='auto' or 'cpu'")
     return d
+
+# %% ../nbs/00_core.ipynb #c7071cd5
+def machine_name(device:str|torch.device='auto') -> str:
+    "The hardware `device` runs on, for a results table: the GPU's name, or the CPU model with torch's thread count."
+    d = pick_device(device)
+    if d.type == 'cuda': return torch.cuda.get_device_name(d)
+    info = Path('/proc/cpuinfo').read_text() if Path('/proc/cpuinfo').exists() else ''
+    cpu = next((l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')), platform.processor() or '?')
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
 
 # %% ../nbs/00_core.ipynb #6773166d
 def _checkout() -> Path|None:
