@@ -11,3 +11,4 @@ from .core import TamtError, VideoError, DataError, ConfigError
 from .models.vit import HTTNConfig
 from .models.httn import HTTN
 from .models.checkpoints import load_model, save_checkpoint
+from .models.hf import save_hf

@@ -34,6 +34,7 @@ class HTTNConfig:
     in_chans: int = 3
     drop_path_rate: float = 0.1
     norm_eps: float = 1e-6
+    fc_norm_eps: float|None = None     # eps of fc_norm; None: norm_eps (transformers' VideoMAE classifier uses 1e-5)
     taa_blocks: int = 2           # L: TAA in the last L blocks
     taa_reduction: int = 4        # channel reduction of TAA's shared down-projection
     taa_kernel: int = 3           # temporal kernel of TAA's down-projection
@@ -139,7 +140,7 @@ class VideoViT(nn.Module):
         self.register_buffer('pos_embed', sinusoid_table(cfg.num_tokens, cfg.embed_dim), persistent=False)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
-        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps if cfg.fc_norm_eps is None else cfg.fc_norm_eps)
         self.apply(_init_weights)
 
     def check_clips(self, x:torch.Tensor):
