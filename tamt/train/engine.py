@@ -4,7 +4,8 @@
 
 # %% ../../nbs/20_train.engine.ipynb #9d047569
 from __future__ import annotations
-import json, math, os, time, contextlib
+import json, math, numbers, os, time, contextlib, importlib.util, warnings, weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
@@ -14,8 +15,9 @@ from tqdm.auto import tqdm
 from ..core import TamtError, ConfigError, WriteError, save_json, save_torch, load_torch, pick_device
 
 # %% auto #0
-__all__ = ['Dist', 'init_distributed', 'barrier', 'unwrap', 'read_metrics', 'RunDir', 'warmup_cosine', 'NonFiniteLoss',
-           'amp_dtype', 'fit', 'curves']
+__all__ = ['Dist', 'init_distributed', 'barrier', 'unwrap', 'read_metrics', 'tensorboard_on', 'tensorboard_tags',
+           'TensorBoardLog', 'read_tensorboard', 'RunDir', 'warmup_cosine', 'NonFiniteLoss', 'amp_dtype', 'fit',
+           'curves']
 
 # %% ../../nbs/20_train.engine.ipynb #2d926091
 @dataclass
@@ -58,9 +60,109 @@ def read_metrics(run_path) -> list[dict]:
             raise TamtError(f"{f}: line {i} is not JSON ({l[:60]!r}); the file is damaged. Remove that line or the run folder") from None
     return rows
 
+
+# %% ../../nbs/20_train.engine.ipynb #7361003b
+def tensorboard_on(flag:bool|None=None) -> bool:
+    "Whether a run writes TensorBoard events: `flag` if given, else $TAMT_TENSORBOARD (1 or 0), else whether the tensorboard package is installed."
+    env = os.environ.get('TAMT_TENSORBOARD', '').strip().lower()
+    if flag is None and env:
+        if env not in ('1', 'true', 'on', 'yes', '0', 'false', 'off', 'no'):
+            raise ConfigError(f"TAMT_TENSORBOARD={env!r}: use 1 (write TensorBoard events) or 0 (don't)")
+        flag = env in ('1', 'true', 'on', 'yes')
+    have = importlib.util.find_spec('tensorboard') is not None
+    if flag and not have:
+        raise ConfigError("TensorBoard events were asked for (tensorboard=True or TAMT_TENSORBOARD=1) but the tensorboard package is "
+                          "not installed: pip install tensorboard, or set TAMT_TENSORBOARD=0")
+    return have if flag is None else bool(flag)
+
+
+# %% ../../nbs/20_train.engine.ipynb #64ce5d50
+def tensorboard_tags(row:dict) -> dict[str, float]:
+    "TensorBoard tag -> value for the numeric values of a metrics row (`step` is the x axis; text, None, lists and booleans are left out)."
+    kind, out = 'train' if 'loss' in row else 'val', {}
+    for k, v in row.items():
+        if getattr(v, 'ndim', None) == 0: v = v.item()                  # a 0-d tensor or numpy scalar
+        if k == 'step' or isinstance(v, bool) or not isinstance(v, numbers.Real): continue
+        head, _, rest = k.partition('_')
+        out[f'{head}/{rest}' if head in ('train', 'val', 'test') and rest else f'{kind}/{k}'] = float(v)
+    return out
+
+
+# %% ../../nbs/20_train.engine.ipynb #70fe78c2
+class TensorBoardLog:
+    "The TensorBoard events of a run's metric rows, in folder `path`: a `SummaryWriter` opened at the first row, flushed after each."
+    def __init__(self, path):
+        self.path, self.writer, self.failed, self._closer = Path(path), None, False, None
+    def files(self) -> list[Path]: return sorted(self.path.glob('events.out.tfevents.*'))
+    def _open(self, purge_step=None):
+        from torch.utils.tensorboard import SummaryWriter
+        now, stamps = time.time(), [int(p[3]) for p in (f.name.split('.') for f in self.files()) if len(p) > 3 and p[3].isdigit()]
+        if int(now) in stamps: time.sleep(int(now) + 1 - now)         # readers take the files in name order, which starts with the
+                                                                       # second: a file opened in the same second could sort first
+        self.writer = SummaryWriter(str(self.path), purge_step=purge_step, max_queue=1000, flush_secs=3600)
+        self._closer = weakref.finalize(self, self.writer.close)     # closed when collected or at exit, if not before
+    def _fail(self, e):
+        warnings.warn(f"{self.path}: TensorBoard events are no longer written for this run ({type(e).__name__}: {e}); metrics.jsonl is not affected")
+        self.failed = True; self.close()
+    @staticmethod
+    def _step(row) -> int|None:
+        s = row.get('step')
+        return int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) else None
+    def _add(self, row, wall=None):
+        step = self._step(row)
+        if step is None: return
+        for tag, v in tensorboard_tags(row).items(): self.writer.add_scalar(tag, v, step, walltime=(wall or {}).get((tag, step)))
+    def write(self, row:dict):
+        "Add the numeric values of `row` at its step, and flush."
+        if self.failed: return
+        try:
+            if self.writer is None: self._open()
+            self._add(row); self.writer.flush()
+        except Exception as e: self._fail(e)
+    def _points(self, files) -> list:
+        "(tag, step, wall time) of every value in the event files `files`."
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+        return [(v.tag, e.step, e.wall_time) for f in files for e in EventFileLoader(str(f)).Load() for v in e.summary.value]
+    def sync(self, rows:list[dict], step:int):
+        "Make the events hold the values of `rows` (the metrics kept when a run resumes from `step`) once each and nothing else; rewrite them only if they don't."
+        if self.failed: return
+        files = self.files()
+        want = Counter((t, self._step(r)) for r in rows if self._step(r) is not None for t in tensorboard_tags(r))
+        try: have = self._points(files)
+        except Exception: have = None                                  # damaged: written again
+        if have is not None and Counter((t, s) for t, s, _ in have) == want: return
+        self.close()
+        try:
+            self._open(purge_step=step + 1)
+            wall = {(t, s): w for t, s, w in have or []}                  # each point keeps its wall time
+            for r in rows: self._add(r, wall)
+            self.writer.flush()
+        except Exception as e:
+            new = [f for f in self.files() if f not in files]
+            self._fail(e)
+            for f in new: f.unlink(missing_ok=True)                    # the old files stay, whole
+            return
+        for f in files: f.unlink(missing_ok=True)
+    def close(self):
+        "Flush and close the event file (a later `write` opens a new one)."
+        closer, self._closer, self.writer = self._closer, None, None
+        if closer is not None:
+            with contextlib.suppress(Exception): closer()
+
+
+# %% ../../nbs/20_train.engine.ipynb #a0b0dee8
+def read_tensorboard(run_path) -> dict[str, list[tuple[int, float]]]:
+    "tag -> [(step, value)] of every scalar in a run folder's event files, as TensorBoard's own reader finds them (none sampled away or purged)."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run_path), size_guidance={'scalars': 0}, purge_orphaned_data=False).Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()['scalars']}
+
+
+# %% ../../nbs/20_train.engine.ipynb #b9c47bb9
 class RunDir:
-    "A training run's folder: configuration, metrics log, checkpoints."
-    def __init__(self, path, config:dict, main:bool=True, allow_changes=('max_steps', 'ckpt_every', 'log_every', 'num_workers', 'progress', 'cache_dir')):
+    "A training run's folder: configuration, metrics log (and its TensorBoard events), checkpoints."
+    def __init__(self, path, config:dict, main:bool=True, allow_changes=('max_steps', 'ckpt_every', 'log_every', 'num_workers', 'progress', 'cache_dir'),
+                 tensorboard:bool|None=None):
         self.path, self.config, self.main = Path(path), json.loads(json.dumps(config, default=str)), main
         old = self.path/'config.json'
         if old.exists():
@@ -73,11 +175,15 @@ class RunDir:
         if main:
             (self.path/'checkpoints').mkdir(parents=True, exist_ok=True)
             save_json(self.config, old)
+        self.board = TensorBoardLog(self.path) if main and tensorboard_on(tensorboard) else None
     @property
     def last(self) -> Path: return self.path/'checkpoints'/'last.pt'
     def log(self, **row):
-        "Append one JSON line to metrics.jsonl (main process only)."
+        "Append one JSON line to metrics.jsonl, and its numbers to the TensorBoard events (main process only)."
         if not self.main: return
+        self._append(row)
+        if self.board: self.board.write(row)
+    def _append(self, row):
         f = self.path/'metrics.jsonl'
         try:
             with open(f, 'a') as fh: fh.write(json.dumps(row, default=float) + '\n')
@@ -86,11 +192,19 @@ class RunDir:
         "All logged rows."
         return read_metrics(self.path)
     def truncate_log(self, step:int):
-        "Drop rows logged after `step` (a resumed run logs them again)."
-        if self.main and (self.path/'metrics.jsonl').exists():
+        "Drop rows logged after `step` (a resumed run logs them again), from metrics.jsonl and the TensorBoard events."
+        if not self.main: return
+        if (self.path/'metrics.jsonl').exists():
             rows = [r for r in self.metrics() if r.get('step', 0) <= step]
             with contextlib.suppress(FileNotFoundError): (self.path/'metrics.jsonl').unlink()
-            for r in rows: self.log(**r)
+            for r in rows: self._append(r)
+        if self.board: self.board.sync(self.metrics(), step)
+    def close(self):
+        "Close the TensorBoard event file (`fit` does at its end; a later `log` opens another)."
+        if self.board: self.board.close()
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
 
 # %% ../../nbs/20_train.engine.ipynb #5475f931
 def warmup_cosine(base_lr:float, total_steps:int, warmup_steps:int=0, min_lr:float=0.0, warmup_from:float=0.0):
@@ -200,7 +314,8 @@ def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:Run
         kept = (f"the last good checkpoint ({run.last}, step {saved}) is kept; free space and run the same command again "
                 "to resume from it") if saved else "no checkpoint was written yet; free space and run it again"
         raise WriteError(e.path, e.cause, f"{desc} stopped at step {step}: {kept}") from e
-    bar.close()
+    finally:                                             # also when stopped: the progress bar and the event file are closed
+        bar.close(); run.close()
     return last
 
 # %% ../../nbs/20_train.engine.ipynb #ff6aa8fe
