@@ -47,7 +47,8 @@ setuptools.setup(
     packages = setuptools.find_packages(),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements },
+    # optional extras: tamt[slurm] (sweeps on SLURM through submitit), tamt[hf] (transformers, for its own VideoMAE classes), tamt[tensorboard]
+    extras_require={ 'dev': dev_requirements, 'slurm': ['submitit>=1.5'], 'hf': ['transformers'], 'tensorboard': ['tensorboard'] },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

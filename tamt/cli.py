@@ -11,7 +11,8 @@ from .core import TamtError, save_json
 from .experiments import ExperimentFailed
 
 # %% auto #0
-__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'parse_overrides', 'main']
+__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'slurm_options', 'sweep_command',
+           'parse_overrides', 'main']
 
 # %% ../nbs/99_cli.ipynb #98c7793d
 def _table(rows:list[dict]) -> str:
@@ -88,6 +89,36 @@ def main_job(out_dir='runs/main', params:dict|None=None, stream:bool=True, log=p
     log(f"\nresults: {out/'results.csv'} (and .json), figure {out/'results.html'}, executed notebook {out/'pipeline.ipynb'}")
     return res
 
+# %% ../nbs/99_cli.ipynb #e690b5f2
+def slurm_options(items:list|None=None, **flags) -> dict:
+    "SLURM options from `--slurm KEY=VALUE` items (values as `-p`'s; a key that is not a SLURM option is an sbatch option, into `additional`) and flags."
+    from tamt.experiments import SLURM_KEYS
+    out = {}
+    for it in items or []:
+        if '=' not in it: raise TamtError(f"--slurm {it}: give --slurm KEY=VALUE")
+        k, v = (s.strip() for s in it.split('=', 1))
+        if k in SLURM_KEYS: out[k] = parse_value(v)
+        else: out.setdefault('additional', {})[k] = parse_value(v)
+    return {**out, **{k: v for k, v in flags.items() if v is not None}}
+
+# %% ../nbs/99_cli.ipynb #6888ec49
+def sweep_command(grid, launcher:str|None=None, parallel:int|None=None, out=None, slurm:dict|None=None, wait:bool=True, log=print) -> int:
+    "`tamt sweep`: run the sweep file `grid` (`run_sweep`), print the table and the failed runs; 1 when a run failed."
+    from tamt.experiments import run_sweep, load_sweep, text_table
+    sw = load_sweep(grid)
+    try: rows = run_sweep(sw, parallel=parallel, out=out, launcher=launcher, slurm=slurm, wait=wait, log=log)
+    except KeyboardInterrupt: log('tamt sweep: interrupted; the same command again skips the complete runs'); return 130
+    root = Path(out or sw.out).resolve()
+    keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
+    keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
+    keep = list(dict.fromkeys(keep + ['seconds']))
+    fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
+    log('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
+    failed = [r for r in rows if r['status'] == 'failed']
+    for r in failed: log(f"failed: {r['run']}: {r['error']}")
+    log(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
+    return 1 if failed else 0
+
 # %% ../nbs/99_cli.ipynb #c9f25dcb
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='tamt', description='tamt: cross-domain few-shot action recognition workbench')
@@ -106,9 +137,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument('--show', action='store_true', help="list the notebook's parameters (type, default, help) and exit")
     params_args(r)
     sw = sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (YAML) and collect one table')
-    sw.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric')
-    sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1)")
+    sw.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm')
+    sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1 here and all on SLURM)")
     sw.add_argument('--out', default=None, help="folder of the runs and the table (default: the file's out)")
+    sw.add_argument('--launcher', default=None, choices=['local', 'slurm', 'submitit-local'],
+                    help="where the runs go (default: the file's launcher, else local): local processes, one SLURM job each "
+                         "(through submitit), or submitit's jobs on this machine")
+    sw.add_argument('--no-wait', action='store_true', help='submit the jobs and return; the same command again waits for them and collects')
+    sl = sw.add_argument_group("SLURM options of each job (they override the sweep file's slurm: section)")
+    sl.add_argument('--partition', default=None); sl.add_argument('--time', default=None, help='minutes or [D-]HH:MM:SS (default 24:00:00)')
+    sl.add_argument('--gpus', type=int, default=None, help='GPUs per job'); sl.add_argument('--cpus', type=int, default=None, help='CPUs per job')
+    sl.add_argument('--mem', default=None, help='memory per job: GB, or with a unit (500M, 64G)')
+    sl.add_argument('--slurm', action='append', default=[], metavar='KEY=VALUE',
+                    help='another option: account, qos, constraint, setup, or any sbatch option (reservation=r1)')
     pr = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
     pr.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
     pr.add_argument('--out', required=True, help='run folder (an existing one is resumed)')
@@ -174,20 +215,8 @@ def main(argv=None) -> int:
             print('\n'.join(f"{k}: {v}" for k, v in _scalars(res).items()))
             print(f"run folder: {Path(a.out).resolve()}")
         elif a.cmd == 'sweep':
-            from tamt.experiments import run_sweep, load_sweep, text_table
-            sw = load_sweep(a.grid)
-            rows = run_sweep(sw, parallel=a.parallel, out=a.out)
-            root = Path(a.out or sw.out).resolve()
-            keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
-            keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
-            keep = list(dict.fromkeys(keep + ['seconds']))
-            fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
-            print('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
-            failed = [r['run'] for r in rows if r['status'] == 'failed']
-            for r in rows:
-                if r['status'] == 'failed': print(f"failed: {r['run']}: {r['error']}")
-            print(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
-            return 1 if failed else 0
+            slurm = slurm_options(a.slurm, partition=a.partition, time=a.time, gpus=a.gpus, cpus=a.cpus, mem=a.mem)
+            return sweep_command(a.grid, a.launcher, a.parallel, a.out, slurm, wait=not a.no_wait)
         elif a.cmd == 'pretrain':
             from tamt.pretrain.run import preset, pretrain
             res = pretrain(a.out, preset(a.preset, **parse_overrides(a.set)), stages=tuple(a.stages.split(',')), init=a.init)

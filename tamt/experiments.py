@@ -4,19 +4,20 @@
 
 # %% ../nbs/50_experiments.ipynb #7ec2e98c
 from __future__ import annotations
-import ast, hashlib, itertools, json, os, re, site, sys, time, traceback, importlib, contextlib
+import ast, hashlib, itertools, json, math, os, re, shutil, site, sys, time, traceback, importlib, contextlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 import multiprocessing as mp
 from .core import TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
 
 # %% auto #0
-__all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'experiment_notebooks', 'notebook_path', 'source_params',
-           'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params', 'ExperimentFailed',
-           'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name', 'run_sweep',
-           'write_figure', 'collect', 'sweep_figure', 'builtin_root', 'split_file', 'load_videos', 'default_out',
-           'text_table', 'results_table']
+__all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'LAUNCHERS', 'SLURM_KEYS', 'JOBS', 'experiment_notebooks', 'notebook_path',
+           'source_params', 'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params',
+           'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name',
+           'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'collect', 'sweep_figure', 'sweep_executor',
+           'builtin_root', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
 def _experiments_dir() -> Path:
@@ -209,8 +210,10 @@ class Sweep(ConfigMixin):
     out: str = 'runs/sweeps/sweep'
     params: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
-    parallel: int = 1
+    parallel: int|None = None
     metric: str|None = None
+    launcher: str = 'local'
+    slurm: dict = field(default_factory=dict)
 
 def load_sweep(path) -> Sweep:
     "A `Sweep` from a YAML file; unknown keys and malformed grids are refused naming them."
@@ -244,6 +247,64 @@ def run_name(values:dict, max_len:int=120) -> str:
         safe = f'{safe[:max_len - 9]}-{h}'
     return safe
 
+# %% ../nbs/50_experiments.ipynb #b92b9774
+LAUNCHERS = ('local', 'slurm', 'submitit-local')
+SLURM_KEYS = ('partition', 'time', 'gpus', 'cpus', 'mem', 'account', 'qos', 'constraint', 'setup', 'additional')
+JOBS = 'jobs.json'
+
+def merge_slurm(*opts:dict|None) -> dict:
+    "SLURM options, later ones winning (the sweep file's `slurm:`, then the command line's); `additional` merges key by key."
+    out = {}
+    for o in opts:
+        for k, v in (o or {}).items():
+            out[k] = {**out.get(k, {}), **v} if k == 'additional' and isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+# %% ../nbs/50_experiments.ipynb #773a5346
+def _minutes(t) -> int:
+    "A SLURM time limit in whole minutes: minutes (a number), or 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS'."
+    m = re.fullmatch(r'(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?', str(t).strip()) if isinstance(t, str) else None
+    if isinstance(t, (int, float)) and not isinstance(t, bool): secs = 60 * t
+    elif m is None: raise ConfigError(f"slurm time={t!r}: give minutes, or [D-]HH:MM:SS as sbatch takes it")
+    else:
+        d, *hms = m.groups(); v = [int(x) for x in hms if x is not None]
+        if d is not None: secs = int(d) * 86400 + sum(x * s for x, s in zip(v, (3600, 60, 1)))
+        else: secs = sum(x * s for x, s in zip(v, {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(v)]))
+    if secs <= 0: raise ConfigError(f"slurm time={t!r}: a job needs more than no time")
+    return math.ceil(secs / 60)
+
+def _gigabytes(mem) -> float:
+    "Memory in GB: a number (GB), or with a unit: '500M', '64G', '64GB', '1T'."
+    m = re.fullmatch(r'(\d+(?:\.\d+)?)\s*([KMGT]?)B?', str(mem).strip(), re.I)
+    if isinstance(mem, bool) or m is None: raise ConfigError(f"slurm mem={mem!r}: give GB, or a size with a unit (500M, 64G, 1T)")
+    return float(m.group(1)) * {'K': 2**-20, 'M': 2**-10, '': 1, 'G': 1, 'T': 2**10}[m.group(2).upper()]
+
+# %% ../nbs/50_experiments.ipynb #6b915a5a
+def slurm_params(opts:dict|None=None, name:str='tamt-sweep', parallel:int|None=None, default_time='24:00:00') -> dict:
+    "submitit `AutoExecutor` parameters of a sweep's SLURM options (`SLURM_KEYS`); refuses unknown options and bad values."
+    o = {k: v for k, v in (opts or {}).items() if v is not None}
+    bad = sorted(set(o) - set(SLURM_KEYS))
+    if bad: raise ConfigError(f"unknown slurm option{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}; known: {', '.join(SLURM_KEYS)} "
+                              f"(any other sbatch option goes in additional, e.g. --slurm {bad[0]}=VALUE)")
+    p = dict(name=name, timeout_min=_minutes(o.get('time', default_time)))
+    for k, to in (('gpus', 'gpus_per_node'), ('cpus', 'cpus_per_task')):
+        if k not in o: continue
+        if isinstance(o[k], bool) or not isinstance(o[k], int) or o[k] < (0 if k == 'gpus' else 1):
+            raise ConfigError(f"slurm {k}={o[k]!r}: a whole number of {k} per job")
+        p[to] = o[k]
+    if 'mem' in o: p['mem_gb'] = _gigabytes(o['mem'])
+    for k in ('partition', 'account', 'qos', 'constraint'):
+        if k in o: p[f'slurm_{k}'] = str(o[k])
+    if 'setup' in o:
+        setup = [o['setup']] if isinstance(o['setup'], str) else o['setup']
+        if not isinstance(setup, list) or not all(isinstance(s, str) for s in setup): raise ConfigError(f"slurm setup={o['setup']!r}: shell lines (a list of str)")
+        p['slurm_setup'] = p['local_setup'] = list(setup)
+    if 'additional' in o:
+        if not isinstance(o['additional'], dict): raise ConfigError(f"slurm additional={o['additional']!r}: a mapping of sbatch options to values")
+        p['slurm_additional_parameters'] = dict(o['additional'])
+    if parallel is not None: p['slurm_array_parallelism'] = int(parallel)
+    return p
+
 # %% ../nbs/50_experiments.ipynb #7a9e520c
 def _run_worker(nb:str, run_dir:str, params:dict, kernel_name:str, threads:int|None) -> dict:
     "One sweep run (in a worker process): never raises, returns its status."
@@ -265,13 +326,24 @@ def _needs_builtin(nb:Path, runs:list) -> bool:
     spec = notebook_params(nb)
     return 'data' in spec and any(p.get('data', spec['data']['default']) in ('builtin', None) for _, p in runs)
 
-def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_name:str='python3', log=print) -> list[dict]:
-    "Run every combination of `sweep` (a `Sweep` or a YAML file) that is not complete, then write and return the table."
+def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_name:str='python3', log=print, launcher:str|None=None,
+              slurm:dict|None=None, wait:bool=True, progress:bool=True) -> list[dict]:
+    "Run every combination of `sweep` (a `Sweep` or a YAML file) that is not complete, here or as jobs of `launcher`; write and return the table."
     sw = load_sweep(sweep) if isinstance(sweep, (str, Path)) else sweep
     nb = notebook_path(sw.notebook)
     root = Path(out or sw.out).resolve()
-    n_par = int(parallel or sw.parallel or 1)
-    if n_par < 1: raise ConfigError(f"parallel must be >= 1, got {n_par}")
+    launcher = launcher or sw.launcher or 'local'
+    if launcher not in LAUNCHERS: raise ConfigError(f"launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}")
+    opts = merge_slurm(sw.slurm, slurm)
+    slurm_params(opts)                                          # bad SLURM options fail before anything runs
+    if launcher != 'local' and find_spec('submitit') is None:
+        raise ConfigError(f"launcher {launcher!r} runs the sweep through submitit, which is not installed: pip install submitit")
+    if launcher == 'slurm' and not shutil.which('sbatch'):
+        raise ConfigError("launcher 'slurm': no sbatch here; run the sweep on a SLURM login node (or try it on this machine with "
+                          "launcher 'submitit-local')")
+    n_par = parallel or sw.parallel or (None if launcher == 'slurm' else 1)
+    if n_par is not None and int(n_par) < 1: raise ConfigError(f"parallel must be >= 1, got {n_par}")
+    n_par = None if n_par is None else int(n_par)
     if 'out_dir' in sw.params or 'out_dir' in sw.grid: raise ConfigError("out_dir is set by the sweep (one folder per run under `out`); remove it")
     runs = []
     for values in expand_grid(sw.grid) if sw.grid else [{}]:
@@ -280,16 +352,21 @@ def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_nam
     names = [n for n, _ in runs]
     if len(set(names)) < len(names): raise ConfigError(f"the grid gives the same run twice: {sorted(n for n in names if names.count(n) > 1)}")
     root.mkdir(parents=True, exist_ok=True)
-    save_json(dict(notebook=str(nb), params=sw.params, grid=sw.grid, metric=sw.metric, runs=names), root/'sweep.json')
+    save_json(dict(notebook=str(nb), params=sw.params, grid=sw.grid, metric=sw.metric, runs=names, launcher=launcher,
+                   **(dict(slurm=opts) if launcher != 'local' else {})), root/'sweep.json')
     todo = [(n, p) for n, p in runs if not is_complete(root/n)]
     for n in sorted(set(names) - {n for n, _ in todo}): log(f"{n}: complete, skipped")
     if todo and _needs_builtin(nb, todo):                      # build the built-in dataset once, not in every run at the same time
         builtin_root('builtin')
-    threads = max(1, (os.cpu_count() or 1) // min(n_par, max(1, len(todo)))) if n_par > 1 else None
+    if launcher == 'slurm': threads = opts.get('cpus')          # a job's threads: the CPUs it asked for
+    else: threads = max(1, (os.cpu_count() or 1) // min(n_par, max(1, len(todo)))) if n_par > 1 else None
     def finished(i, n, r):
-        log(f"[{i}/{len(todo)}] {n}: {r['status']} in {r['seconds']} s" + (f" — {r['error']}" if r['error'] else ''))
+        took = f" in {r['seconds']} s" if r['seconds'] is not None else ''
+        log(f"[{i}/{len(todo)}] {n}: {r['status']}{took}" + (f" — {r['error']}" if r['error'] else ''))
         collect(root, names, sw.grid, sw.metric, nb.stem)
-    if n_par == 1 or len(todo) <= 1:
+    if launcher != 'local':
+        if todo: _sweep_jobs(root, todo, nb, kernel_name, launcher, opts, n_par, threads, finished, wait, log, progress)
+    elif n_par == 1 or len(todo) <= 1:
         for i, (n, p) in enumerate(todo, 1): finished(i, n, _run_worker(str(nb), str(root/n), p, kernel_name, threads))
     else:
         worker = importlib.import_module('tamt.experiments')._run_worker      # workers import it from the package
@@ -360,6 +437,103 @@ def sweep_figure(rows:list[dict], metric:str|None=None, title:str='sweep'):
     fig.update_layout(barmode='group', title=f"{title}: {metric or 'no results yet'}" + (f" ({failed} failed)" if failed else ''),
                       yaxis_title=metric or '', height=400, showlegend=len(fig.data) > 1)
     return fig
+
+# %% ../nbs/50_experiments.ipynb #580aa0ac
+def sweep_executor(launcher:str, folder, opts:dict|None=None, name:str='tamt-sweep', parallel:int|None=None):
+    "A submitit executor for `launcher` ('slurm' or 'submitit-local') with the sweep's SLURM options; its files go under `folder`/<job id>."
+    import submitit
+    if launcher not in ('slurm', 'submitit-local'): raise ConfigError(f"launcher={launcher!r} has no submitit executor; use slurm or submitit-local")
+    p = slurm_params(opts, name, parallel if launcher == 'slurm' else None)
+    if launcher == 'submitit-local' and 'gpus_per_node' not in p:
+        import torch; p['gpus_per_node'] = torch.cuda.device_count()
+    try: ex = submitit.AutoExecutor(folder=Path(folder)/'%j', cluster='slurm' if launcher == 'slurm' else 'local')
+    except RuntimeError as e: raise ConfigError(f"launcher {launcher!r}: {e}") from None
+    ex.update_parameters(**p)
+    return ex
+
+# %% ../nbs/50_experiments.ipynb #49b75aa4
+_ACTIVE = {'PENDING', 'RUNNING', 'REQUEUED', 'CONFIGURING', 'COMPLETING', 'RESIZING', 'SUSPENDED', 'REQUEUE_HOLD', 'REQUEUE_FED'}
+
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError, OverflowError): return False
+    try: return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'     # a zombie has ended
+    except (OSError, IndexError): return True
+
+def _attach(launcher:str, folder, rec:dict):
+    "The job in `rec` (a `jobs.json` entry) when it was submitted by `launcher` and is still queued or running; else None."
+    import submitit
+    if not isinstance(rec, dict) or rec.get('launcher') != launcher or not rec.get('job_id'): return None
+    jid = str(rec['job_id'])
+    if launcher == 'slurm':
+        job = submitit.SlurmJob(folder=Path(folder)/'%j', job_id=jid)
+        try: state = job.watcher.get_state(jid, mode='force')
+        except Exception: return None
+        return job if state.split()[0].upper() in _ACTIVE else None
+    job = submitit.LocalJob(folder=Path(folder)/'%j', job_id=jid)
+    return job if jid.isdigit() and _pid_alive(int(jid)) and not job.paths.result_pickle.exists() else None
+
+# %% ../nbs/50_experiments.ipynb #2a2531b4
+def _job_outcome(job, run_dir, nb, params:dict, launcher:str) -> dict:
+    "The status of a finished sweep job: `_run_worker`'s, else a failure naming the job and its log (kept as the run's failed.json)."
+    run_dir = Path(run_dir)
+    if launcher != 'slurm' and not job.paths.result_pickle.exists(): job._results_timeout_s = 0   # no shared file system to wait for
+    try:
+        r = job.result()
+        if isinstance(r, dict) and r.get('status') in ('done', 'failed'): return r
+        err = f"it returned {r!r}"
+    except Exception:
+        try: err = f"state {job.state}"                # SLURM's: TIMEOUT, OUT_OF_MEMORY, CANCELLED, NODE_FAIL, ...
+        except Exception: err = 'state unknown'
+    if is_complete(run_dir): return dict(status='done', seconds=(_read(run_dir/DONE) or {}).get('seconds'), error=None)
+    err = f"{launcher} job {job.job_id} ended without a result ({err}; log: {job.paths.stderr})"
+    if not (run_dir/RUN).is_file(): save_json(dict(notebook=str(nb), params=params), run_dir/RUN)
+    save_json(dict(status='failed', notebook=str(nb), params=params, seconds=None, error=err, cell=None, job_id=str(job.job_id)), run_dir/FAILED)
+    return dict(status='failed', seconds=None, error=err)
+
+# %% ../nbs/50_experiments.ipynb #349cb95a
+def _sweep_jobs(root:Path, todo:list, nb:Path, kernel_name:str, launcher:str, opts:dict, parallel:int|None, threads:int|None,
+                finished, wait:bool=True, log=print, progress:bool=True, poll:float|None=None):
+    "Run `todo` [(name, params)] as submitit jobs of `launcher`, each `_run_worker`; wait for them (unless not `wait`), calling `finished`."
+    from tqdm.auto import tqdm
+    folder = root/'submitit'
+    ex = sweep_executor(launcher, folder, opts, f'tamt-{root.name}', parallel)
+    worker = importlib.import_module('tamt.experiments')._run_worker          # the jobs import it from the package
+    book, params = _read(root/JOBS) or {}, dict(todo)
+    jobs, attached = {}, set()
+    for n, _ in todo:
+        j = _attach(launcher, folder, book.get(n))
+        if j is not None: jobs[n] = j; attached.add(n); log(f"{n}: job {j.job_id} is still queued or running; waiting for it")
+    queue = [(n, p) for n, p in todo if n not in jobs]
+    def submit():
+        k = len(queue) if launcher == 'slurm' or not wait else max(0, parallel - len(jobs))
+        batch = queue[:k]; del queue[:k]
+        if not batch: return
+        with ex.batch(): js = [ex.submit(worker, str(nb), str(root/n), p, kernel_name, threads) for n, p in batch]
+        for (n, _), j in zip(batch, js):
+            jobs[n] = j; book[n] = dict(job_id=str(j.job_id), launcher=launcher, submitted=time.strftime('%Y-%m-%d %H:%M:%S'))
+        save_json(book, root/JOBS)
+        log(f"submitted {len(batch)} {launcher} job{'s' * (len(batch) > 1)}: {', '.join(str(j.job_id) for j in js)} (files in {folder})")
+    submit()
+    if not wait:
+        log(f"{len(jobs)} job{'s' * (len(jobs) != 1)} queued or running; the same command again waits for them and collects the table")
+        return
+    poll = poll or (15 if launcher == 'slurm' else 0.5)
+    ended = lambda n: not _pid_alive(int(jobs[n].job_id)) if n in attached and launcher != 'slurm' else jobs[n].done()
+    bar, i = tqdm(total=len(todo), desc=f'{launcher} jobs', unit='run', disable=not progress), 0
+    try:
+        while jobs or queue:
+            for n in [n for n in jobs if ended(n)]:
+                i += 1; r = _job_outcome(jobs.pop(n), root/n, nb, params[n], launcher)
+                with tqdm.external_write_mode(): finished(i, n, r)
+                bar.update(1)
+            submit()
+            bar.set_postfix_str(f"{len(jobs)} submitted" + (f", {len(queue)} to submit" if queue else ''))
+            if jobs or queue: time.sleep(poll)
+    except KeyboardInterrupt:
+        if launcher == 'slurm': log(f"\ninterrupted; {len(jobs)} SLURM jobs go on: the same command again waits for them and collects the table")
+        raise
+    finally: bar.close()
 
 # %% ../nbs/50_experiments.ipynb #74b2d915
 def builtin_root(data) -> Path|None:
