@@ -47,8 +47,9 @@ setuptools.setup(
     packages = setuptools.find_packages(),
     include_package_data = True,
     install_requires = requirements,
-    # optional extras: tamt[slurm] (sweeps on SLURM through submitit), tamt[hf] (transformers, for its own VideoMAE classes), tamt[tensorboard]
-    extras_require={ 'dev': dev_requirements, 'slurm': ['submitit>=1.5'], 'hf': ['transformers'], 'tensorboard': ['tensorboard'] },
+    # optional extras: tamt[slurm] (sweeps on SLURM through submitit), tamt[hf] (transformers, for its own VideoMAE classes), tamt[tensorboard], tamt[torchcodec] (with the
+    # torch release it pairs with, and FFmpeg's shared libraries)
+    extras_require={ 'dev': dev_requirements, 'slurm': ['submitit>=1.5'], 'hf': ['transformers'], 'tensorboard': ['tensorboard'], 'torchcodec': ['torchcodec'] },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     v = d.add_parser('validate', help='list every missing, unreadable or too short video of a split file, folder or list')
     v.add_argument('source', help='a split .json or split set name (hmdb51-molo/novel), a .txt list of "path label", or a folder with one sub-folder per class')
     v.add_argument('--data-root', default=None, help='remap split paths onto this folder')
-    v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='decord')
+    v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='auto', choices=['auto', 'torchcodec', 'decord', 'pyav'])
     v.add_argument('--workers', type=int, default=4); v.add_argument('--report', default=None, help='write the bad videos as JSON here')
     return p
 

@@ -177,7 +177,7 @@ def from_list(list_file, root=None, classes=None) -> VideoList:
     return VideoList(paths, labels, classes, name=str(list_file))
 
 # %% ../../nbs/04_data.sources.ipynb #098931d8
-def check_video(path, min_frames:int=1, backend:str='decord') -> str|None:
+def check_video(path, min_frames:int=1, backend:str='auto') -> str|None:
     "None if `path` decodes and has at least `min_frames` frames, else the reason."
     try:
         with open_video(path, backend) as v:
@@ -187,7 +187,7 @@ def check_video(path, min_frames:int=1, backend:str='decord') -> str|None:
     except Exception as e: return f'{type(e).__name__}: {e}'
     return None
 
-def validate(videos:VideoList, min_frames:int=1, backend:str='decord', n_workers:int=4, progress:bool=True) -> list[dict]:
+def validate(videos:VideoList, min_frames:int=1, backend:str='auto', n_workers:int=4, progress:bool=True) -> list[dict]:
     "Every video of `videos` that is missing, unreadable or shorter than `min_frames`, with the reason."
     def one(i): return i, check_video(videos.paths[i], min_frames, backend)
     bad = []
