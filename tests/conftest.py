@@ -30,6 +30,19 @@ def moving_bar(T=30, H=48, W=64, seed=0):
     return f
 
 
+def bad_videos(folder: Path, write_video) -> tuple[Path, dict]:
+    """A good 60-frame video and bad files in `folder` (empty, text, random bytes, a truncated H.264 file 'trunc.mp4');
+    returns (the good file, {bad file name: the error message every backend must give})."""
+    good = write_video(folder / 'good.mp4', moving_bar(T=60))
+    (folder / 'empty.mp4').touch()
+    (folder / 'text.mp4').write_text('hello')
+    (folder / 'random.avi').write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    noise = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    data = write_video(folder / 'noise.mp4', noise).read_bytes()
+    (folder / 'trunc.mp4').write_bytes(data[:len(data) // 2])
+    return good, {'missing.mp4': 'no such file', 'empty.mp4': 'is empty', 'text.mp4': 'cannot be opened', 'random.avi': 'cannot be opened'}
+
+
 @pytest.fixture(scope='session')
 def reference() -> Path:
     "The folder of the released-format reference fixture: $TAMT_REFERENCE, default ../shared/reference beside the repository."

@@ -2,7 +2,7 @@
 import numpy as np, pytest
 from tamt.core import VideoError
 from tamt.data.video import read_frames, open_video, write_video, video_info, BACKENDS
-from conftest import moving_bar
+from conftest import moving_bar, bad_videos
 
 
 @pytest.mark.parametrize('name,codec', [('a.mp4', 'libx264'), ('b.avi', 'mpeg4'), ('c.mkv', 'libx264'), ('d.webm', 'libvpx')])
@@ -37,15 +37,7 @@ def test_unsorted_and_repeated_indices(tmp_path):
 
 @pytest.mark.parametrize('backend', BACKENDS)
 def test_bad_files(tmp_path, backend):
-    good = write_video(tmp_path / 'good.mp4', moving_bar(T=60))
-    (tmp_path / 'empty.mp4').touch()
-    (tmp_path / 'text.mp4').write_text('hello')
-    (tmp_path / 'random.avi').write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    noise = np.random.default_rng(1).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
-    data = write_video(tmp_path / 'noise.mp4', noise).read_bytes()
-    (tmp_path / 'trunc.mp4').write_bytes(data[:len(data) // 2])
-    cases = {'missing.mp4': 'no such file', 'empty.mp4': 'is empty', 'text.mp4': 'cannot be opened',
-             'random.avi': 'cannot be opened'}
+    good, cases = bad_videos(tmp_path, write_video)
     for name, msg in cases.items():
         with pytest.raises(VideoError, match=msg) as e: read_frames(tmp_path / name, [0], backend)
         assert name in str(e.value)
