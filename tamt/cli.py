@@ -8,7 +8,8 @@ import argparse, ast, json, sys, time
 from pathlib import Path
 import numpy as np
 from .core import TamtError, save_json
-from .experiments import ExperimentFailed
+from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS
+from .data.video import BACKENDS, EXTRA_BACKENDS
 
 # %% auto #0
 __all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'slurm_options', 'sweep_command',
@@ -92,7 +93,6 @@ def main_job(out_dir='runs/main', params:dict|None=None, stream:bool=True, log=p
 # %% ../nbs/99_cli.ipynb #e690b5f2
 def slurm_options(items:list|None=None, **flags) -> dict:
     "SLURM options from `--slurm KEY=VALUE` items (values as `-p`'s; a key that is not a SLURM option is an sbatch option, into `additional`) and flags."
-    from tamt.experiments import SLURM_KEYS
     out = {}
     for it in items or []:
         if '=' not in it: raise TamtError(f"--slurm {it}: give --slurm KEY=VALUE")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm')
     sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1 here and all on SLURM)")
     sw.add_argument('--out', default=None, help="folder of the runs and the table (default: the file's out)")
-    sw.add_argument('--launcher', default=None, choices=['local', 'slurm', 'submitit-local'],
+    sw.add_argument('--launcher', default=None, choices=LAUNCHERS,
                     help="where the runs go (default: the file's launcher, else local): local processes, one SLURM job each "
                          "(through submitit), or submitit's jobs on this machine")
     sw.add_argument('--no-wait', action='store_true', help='submit the jobs and return; the same command again waits for them and collects')
@@ -178,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     v = d.add_parser('validate', help='list every missing, unreadable or too short video of a split file, folder or list')
     v.add_argument('source', help='a split .json or split set name (hmdb51-molo/novel), a .txt list of "path label", or a folder with one sub-folder per class')
     v.add_argument('--data-root', default=None, help='remap split paths onto this folder')
-    v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='auto', choices=['auto', 'torchcodec', 'decord', 'pyav'])
+    v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS + EXTRA_BACKENDS)
     v.add_argument('--workers', type=int, default=4); v.add_argument('--report', default=None, help='write the bad videos as JSON here')
     return p
 

@@ -194,11 +194,11 @@ class RunDir:
     def truncate_log(self, step:int):
         "Drop rows logged after `step` (a resumed run logs them again), from metrics.jsonl and the TensorBoard events."
         if not self.main: return
+        rows = [r for r in self.metrics() if r.get('step', 0) <= step]      # none when nothing was logged yet
         if (self.path/'metrics.jsonl').exists():
-            rows = [r for r in self.metrics() if r.get('step', 0) <= step]
             with contextlib.suppress(FileNotFoundError): (self.path/'metrics.jsonl').unlink()
             for r in rows: self._append(r)
-        if self.board: self.board.sync(self.metrics(), step)
+        if self.board: self.board.sync(rows, step)
     def close(self):
         "Close the TensorBoard event file (`fit` does at its end; a later `log` opens another)."
         if self.board: self.board.close()
