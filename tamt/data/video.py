@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01_data.video.ipynb #c4438833
 from __future__ import annotations
-import os, re, functools, tempfile
+import os, re, functools, tempfile, importlib.util
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -237,8 +237,9 @@ def torchcodec_problem() -> str|None:
 
 # %% ../../nbs/01_data.video.ipynb #3032f472
 def default_backend() -> str:
-    "What `backend='auto'` decodes with here: 'torchcodec' where `torchcodec_problem()` is None, else 'decord'."
-    return 'torchcodec' if torchcodec_problem() is None else 'decord'
+    "What `backend='auto'` decodes with here: 'torchcodec' where `torchcodec_problem()` is None, else 'decord' where it imports, else 'pyav'."
+    if torchcodec_problem() is None: return 'torchcodec'
+    return 'decord' if importlib.util.find_spec('decord') is not None else 'pyav'
 
 
 # %% ../../nbs/01_data.video.ipynb #89f87c54

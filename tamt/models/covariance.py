@@ -16,7 +16,8 @@ class NonFiniteError(TamtError, FloatingPointError):
     "A NaN or infinity appeared in a model layer."
 
 def check_finite(x:torch.Tensor, where:str) -> torch.Tensor:
-    "Raise `NonFiniteError` naming `where` if `x` holds a NaN or infinity."
+    "Raise `NonFiniteError` naming `where` if `x` holds a NaN or infinity (not inside a CUDA graph capture, where the host cannot read `x`)."
+    if x.is_cuda and torch.cuda.is_current_stream_capturing(): return x      # a captured step: the training loop's loss check stands in
     if not torch.isfinite(x).all():
         n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         raise NonFiniteError(f"{where}: {n_nan} NaN and {n_inf} infinite values in a {tuple(x.shape)} tensor. "

@@ -152,7 +152,7 @@ def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
     def loss_fn(model, batch, step):
         clips = batch[0].to(d.device, non_blocking=True)
         mask = tube_mask(B * d.world, mcfg, cfg.mask_ratio, generator=torch_gen_for(cfg.seed, 'mask', step))[d.rank * B:(d.rank + 1) * B]
-        return model(clips, mask.to(d.device, non_blocking=True)), {}
+        return model(clips, mask), {}                   # a CPU mask: checked and indexed with no GPU sync
     return Stage(model, net, loss_fn, loader, opt, sched, total, per_epoch)
 
 def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:

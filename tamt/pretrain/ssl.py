@@ -61,6 +61,10 @@ _TO_VIDEOMAE = [(r'^encoder_norm\.', 'encoder.norm.'), (r'^decoder_blocks\.', 'd
 _FROM_VIDEOMAE = [(r'^encoder\.norm\.', 'encoder_norm.'), (r'^decoder\.blocks\.', 'decoder_blocks.'),
                   (r'^decoder\.norm\.', 'decoder_norm.'), (r'^decoder\.head\.', 'decoder_head.')]
 
+def _take(x:torch.Tensor, ids:torch.Tensor) -> torch.Tensor:
+    "Rows `ids` (B, n) of `x` (B, N, C): the same values as boolean indexing with a mask, with no host sync."
+    return x.gather(1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
 def _rename(k:str, rules) -> str:
     for pat, rep in rules:
         if re.search(pat, k): return re.sub(pat, rep, k)
@@ -107,41 +111,52 @@ class VideoMAEPretrainer(nn.Module):
         "Tube masks (batch, N) at this model's `mask_ratio`."
         return tube_mask(batch, self.cfg, self.mask_ratio, generator, device)
 
-    def check_mask(self, mask:torch.Tensor, batch:int):
-        "Raise a clear error unless `mask` is (batch, N) bool with the same number of masked tokens, ≥ 1 and < N, in every sample."
+    def check_mask(self, mask:torch.Tensor, batch:int) -> int:
+        "Raise a clear error unless `mask` is (batch, N) bool with the same number of masked tokens, ≥ 1 and < N, in every sample; returns that number."
         N = self.cfg.num_tokens
         if mask.dtype != torch.bool or tuple(mask.shape) != (batch, N):
             raise ValueError(f"expected a boolean mask of shape ({batch}, {N}) (True = masked), got {mask.dtype} {tuple(mask.shape)}")
         lo, hi = torch.stack(mask.sum(1).aminmax()).tolist()
         if lo != hi or not 0 < lo < N:
             raise ValueError(f"every sample must mask the same number of tokens, at least 1 and fewer than {N}: got {lo} to {hi}")
+        return lo
 
-    def forward_encoder(self, clips:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
-        "Encoded visible tokens (B, n_visible, C), in ascending token order, after `encoder_norm`."
+    def token_ids(self, mask:torch.Tensor, batch:int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        "Indices (batch, n) of the visible and of the masked tokens, each in ascending token order, on `device`."
+        if mask.device.type == 'cpu' or not torch.cuda.is_current_stream_capturing(): n_mask = self.check_mask(mask, batch)
+        else: n_mask = int(self.mask_ratio * self.cfg.hw ** 2) * self.cfg.t   # inside a CUDA graph: no host sync, the model's count
+        ids = mask.to(torch.uint8).argsort(dim=1, stable=True)                 # visible (0) first, then masked, each ascending
+        if ids.device.type == 'cpu' and torch.device(device).type == 'cuda': ids = ids.pin_memory().to(device, non_blocking=True)
+        ids = ids.to(device)
+        return ids[:, :ids.shape[1] - n_mask], ids[:, ids.shape[1] - n_mask:]
+
+    def forward_encoder(self, clips:torch.Tensor, mask:torch.Tensor, visible:torch.Tensor|None=None) -> torch.Tensor:
+        "Encoded visible tokens (B, n_visible, C), in ascending token order, after `encoder_norm` (`visible`: their indices, if known)."
         self.encoder.check_clips(clips)
-        B = clips.shape[0]; mask = mask.to(clips.device); self.check_mask(mask, B)
+        if visible is None: visible = self.token_ids(mask, clips.shape[0], clips.device)[0]
         x = self.encoder.patch_embed(clips)
         x = x + self.encoder.pos_embed.to(x.dtype)
-        x = x[~mask].reshape(B, -1, x.shape[-1])
+        x = _take(x, visible)
         for blk in self.encoder.blocks: x = blk(x)
         return self.encoder_norm(x)
 
-    def targets(self, clips:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
-        "Float32 targets of the masked tokens (B, n_masked, target_dim), ascending token order; no gradient."
+    def targets(self, clips:torch.Tensor, mask:torch.Tensor, masked:torch.Tensor|None=None) -> torch.Tensor:
+        "Float32 targets of the masked tokens (B, n_masked, target_dim), ascending token order; no gradient (`masked`: their indices, if known)."
+        if masked is None: masked = self.token_ids(mask, clips.shape[0], clips.device)[1]
         with torch.no_grad(), torch.autocast(clips.device.type, enabled=False):
-            t = patchify_targets(clips, self.cfg, normalize=self.norm_target)
-            return t[mask.to(clips.device)].reshape(clips.shape[0], -1, t.shape[-1])
+            return _take(patchify_targets(clips, self.cfg, normalize=self.norm_target), masked)
 
     def forward_parts(self, clips:torch.Tensor, mask:torch.Tensor) -> Reconstruction:
         "Predictions and targets of the masked tokens, each (B, n_masked, target_dim) in ascending token order."
-        v = self.encoder_to_decoder(self.forward_encoder(clips, mask))
-        B, _, D = v.shape; mask = mask.to(clips.device)
+        visible, masked = self.token_ids(mask, clips.shape[0], clips.device)
+        v = self.encoder_to_decoder(self.forward_encoder(clips, mask, visible))
+        B, _, D = v.shape
         pos = self.decoder_pos_embed.to(v.dtype).expand(B, -1, -1)
-        pos_vis, pos_mask = pos[~mask].reshape(B, -1, D), pos[mask].reshape(B, -1, D)
+        pos_vis, pos_mask = _take(pos, visible), _take(pos, masked)
         x = torch.cat([v + pos_vis, self.mask_token.to(v.dtype) + pos_mask], dim=1)
         for blk in self.decoder_blocks: x = blk(x)
         pred = self.decoder_head(self.decoder_norm(x[:, -pos_mask.shape[1]:]))
-        return Reconstruction(pred, self.targets(clips, mask))
+        return Reconstruction(pred, self.targets(clips, mask, masked))
 
     def forward(self, clips:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
         "The VideoMAE loss: MSE (float32) between the predicted and target pixels of the masked tokens."
