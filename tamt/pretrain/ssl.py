@@ -38,8 +38,8 @@ def patchify_targets(clips:torch.Tensor, cfg:HTTNConfig, mean=IMAGENET_DEFAULT_M
         raise ConfigError(f"mean and std need one value per input channel ({c.in_chans}), got {len(mean)} and {len(std)}")
     if normalize and c.tubelet * c.patch_size ** 2 < 2:
         raise ConfigError("normalised targets need at least two pixels per tubelet (tubelet · patch_size² ≥ 2)")
-    m = torch.as_tensor(mean, dtype=torch.float32, device=clips.device).view(1, -1, 1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=clips.device).view(1, -1, 1, 1, 1)
+    const = lambda v: torch.stack([torch.full((), float(a), device=clips.device) for a in v]).view(1, -1, 1, 1, 1)   # filled on the device: no copy from the host
+    m, s = const(mean), const(std)
     x = clips.float() * s + m
     x = rearrange(x, 'b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c', p0=c.tubelet, p1=c.patch_size, p2=c.patch_size)
     if normalize: x = (x - x.mean(-2, keepdim=True)) / (x.var(-2, unbiased=True, keepdim=True).sqrt() + eps)
@@ -126,8 +126,8 @@ class VideoMAEPretrainer(nn.Module):
         if mask.device.type == 'cpu' or not torch.cuda.is_current_stream_capturing(): n_mask = self.check_mask(mask, batch)
         else: n_mask = int(self.mask_ratio * self.cfg.hw ** 2) * self.cfg.t   # inside a CUDA graph: no host sync, the model's count
         ids = mask.to(torch.uint8).argsort(dim=1, stable=True)                 # visible (0) first, then masked, each ascending
-        if ids.device.type == 'cpu' and torch.device(device).type == 'cuda': ids = ids.pin_memory().to(device, non_blocking=True)
-        ids = ids.to(device)
+        if ids.device.type == 'cpu' and torch.device(device).type == 'cuda' and not torch.compiler.is_compiling(): ids = ids.pin_memory()
+        ids = ids.to(device, non_blocking=True)
         return ids[:, :ids.shape[1] - n_mask], ids[:, ids.shape[1] - n_mask:]
 
     def forward_encoder(self, clips:torch.Tensor, mask:torch.Tensor, visible:torch.Tensor|None=None) -> torch.Tensor:
