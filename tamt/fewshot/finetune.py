@@ -22,7 +22,7 @@ from ..data.sampling import SegmentSampler
 from ..data.transforms import train_transform
 from ..data.reader import FrameReader
 from ..data.datasets import ClipDataset, EpisodeDataset, episode_train_loader
-from ..train.engine import RunDir, fit, init_distributed, read_metrics, amp_dtype
+from ..train.engine import RunDir, fit, init_distributed, read_metrics, amp_dtype, compile_mode, maybe_compile
 from .evaluate import evaluate, check_reader
 
 # %% auto #0
@@ -69,7 +69,7 @@ class FinetuneConfig(ConfigMixin):
     keep: str = 'best'                    # the checkpoint that is the run's result: 'best' (val accuracy, released) or 'last'
     amp: str = 'auto'                     # training precision: 'auto' (bf16 on a GPU that has it, else float32), 'bf16', 'fp16', 'fp32'
     val_amp: str = 'fp32'                 # validation precision, 'fp32' (as the test) or 'bf16': the best checkpoint is chosen in it
-    compile: bool = False                 # torch.compile the training forward (the fastest GPU path; costs a compile at start)
+    compile: bool|str = False             # torch.compile the training forward: True (default mode) or a mode, e.g. 'reduce-overhead' (CUDA graphs)
     device: str = 'auto'
     seed: int = 0
     num_workers: int = 4
@@ -99,6 +99,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     if cfg.val_every < 1: raise ConfigError(f"val_every={cfg.val_every}: validate every 1 or more epochs")
     if cfg.keep not in ('best', 'last'): raise ConfigError(f"keep={cfg.keep!r}: the result is the 'best' (val accuracy) or the 'last' checkpoint")
     if cfg.val_amp not in ('fp32', 'bf16'): raise ConfigError(f"val_amp={cfg.val_amp!r}: validate in 'fp32' (the test's precision) or 'bf16'")
+    compile_mode(cfg.compile)                                                  # a wrong mode fails before any work
     d = init_distributed(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_for_method(init, cfg.method, **cfg.overrides).to(d.device)
@@ -129,7 +130,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
     loader = episode_train_loader(ds, workers, pin_memory=d.device.type == 'cuda' and not start, persistent_workers=workers > 0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=d.device.type == 'cuda')
-    fwd = torch.compile(model) if cfg.compile else model
+    fwd = maybe_compile(model, cfg.compile)
     per_epoch = cfg.train_episodes
     labels = torch.arange(cfg.n_way, device=d.device).repeat_interleave(cfg.n_query)
     def loss_fn(model, batch, step):

@@ -19,7 +19,7 @@ from ..data.sampling import StrideSampler, SegmentSampler
 from ..data.transforms import Compose, RandomResizedCrop, Normalize, train_transform, eval_transform
 from ..data.reader import FrameReader
 from ..data.datasets import ClipDataset, clip_loader
-from ..train.engine import Dist, RunDir, fit, init_distributed, unwrap, warmup_cosine, barrier, read_metrics, curves
+from ..train.engine import Dist, RunDir, fit, init_distributed, unwrap, warmup_cosine, barrier, read_metrics, curves, compile_mode, maybe_compile
 from .ssl import VideoMAEPretrainer, tube_mask
 from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 
@@ -73,6 +73,7 @@ class PretrainConfig(ConfigMixin):
     weight_decay: float = 0.05
     clip_grad: float|None = None
     amp: str = 'auto'
+    compile: bool|str = False                       # torch.compile the training forward: True or a mode, e.g. 'reduce-overhead' (CUDA graphs)
     device: str = 'auto'
     seed: int = 0
     ckpt_every: int = 500
@@ -131,7 +132,7 @@ class Stage:
 
 def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
     "The VideoMAE stage on `cfg.train_split` for this process `d`: data shard, model (DDP when several processes), AdamW, schedule."
-    mcfg = cfg.model_config()
+    mcfg = cfg.model_config(); compile_mode(cfg.compile)          # a wrong compile mode fails before any work
     videos = load_split(cfg.train_split, cfg.data_root)
     reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
     tf = Compose([RandomResizedCrop(mcfg.img_size, scale=cfg.ssl_crop_scale), Normalize()])
@@ -148,11 +149,11 @@ def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
     lr = _scaled_lr(cfg.ssl_lr, cfg.ssl_batch, d.world)
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=d.device.type == 'cuda')
     sched = warmup_cosine(lr, total, cfg.ssl_warmup_epochs * per_epoch, cfg.ssl_min_lr)
-    B = cfg.ssl_batch
+    B, fwd = cfg.ssl_batch, maybe_compile(model, cfg.compile)
     def loss_fn(model, batch, step):
         clips = batch[0].to(d.device, non_blocking=True)
         mask = tube_mask(B * d.world, mcfg, cfg.mask_ratio, generator=torch_gen_for(cfg.seed, 'mask', step))[d.rank * B:(d.rank + 1) * B]
-        return model(clips, mask), {}                   # a CPU mask: checked and indexed with no GPU sync
+        return fwd(clips, mask), {}                     # a CPU mask: checked and indexed with no GPU sync
     return Stage(model, net, loss_fn, loader, opt, sched, total, per_epoch)
 
 def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
@@ -193,7 +194,7 @@ def top1(model, loader, device) -> float:
 def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> dict:
     "Supervised post-training from `init` (an SSL or VideoMAE checkpoint, or None); returns top-1 per epoch and the hand-off checkpoint."
     d = dist or init_distributed(cfg.device)
-    mcfg = cfg.model_config()
+    mcfg = cfg.model_config(); compile_mode(cfg.compile)
     train, test = load_split(cfg.train_split, cfg.data_root), load_split(cfg.test_split, cfg.data_root)
     reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
     tf = train_transform(mcfg.img_size, scale=tuple(cfg.sl_crop_scale), flip=cfg.flip, randaug=tuple(cfg.randaug) if cfg.randaug else None, erase=cfg.erase)
@@ -216,11 +217,12 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     sched = warmup_cosine(lr, total, cfg.sl_warmup_epochs * per_epoch, cfg.sl_min_lr)
     mix = VideoMixup(train.n_classes, cfg.mixup, cfg.cutmix, label_smoothing=cfg.label_smoothing, seed=cfg.seed) if cfg.mixup or cfg.cutmix else None
     soft, hard = SoftTargetCrossEntropy(), LabelSmoothingCrossEntropy(cfg.label_smoothing) if cfg.label_smoothing else nn.CrossEntropyLoss()
+    fwd = maybe_compile(model, cfg.compile)
     def loss_fn(model, batch, step):
         clips, y = batch[0].to(d.device, non_blocking=True), batch[1].to(d.device, non_blocking=True)
         if mix is not None:
-            clips, ys = mix(clips, y, step); return soft(model(clips), ys), {}
-        return hard(model(clips), y), {}
+            clips, ys = mix(clips, y, step); return soft(fwd(clips), ys), {}
+        return hard(fwd(clips), y), {}
     def evaluate(model, step):
         acc = top1(unwrap(model), test_loader, d.device) if d.main else 0.0
         return dict(top1=acc, epoch=step / per_epoch)

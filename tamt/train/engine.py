@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from ..core import TamtError, ConfigError, WriteError, save_json, save_torch, load_torch, pick_device
 
 # %% auto #0
-__all__ = ['Dist', 'init_distributed', 'barrier', 'unwrap', 'read_metrics', 'tensorboard_on', 'tensorboard_tags',
+__all__ = ['COMPILE_MODES', 'Dist', 'init_distributed', 'barrier', 'unwrap', 'read_metrics', 'tensorboard_on', 'tensorboard_tags',
            'TensorBoardLog', 'read_tensorboard', 'RunDir', 'warmup_cosine', 'NonFiniteLoss', 'amp_dtype', 'fit',
-           'curves']
+           'compile_mode', 'maybe_compile', 'curves']
 
 # %% ../../nbs/20_train.engine.ipynb #2d926091
 @dataclass
@@ -317,6 +317,21 @@ def fit(model:nn.Module, loss_fn, loader, optimizer, *, total_steps:int, run:Run
     finally:                                             # also when stopped: the progress bar and the event file are closed
         bar.close(); run.close()
     return last
+
+# %% ../../nbs/20_train.engine.ipynb #e5b7679e
+COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+def compile_mode(compile) -> str|None:
+    "The `torch.compile` mode that a `compile` option asks for (None: eager), or a `ConfigError` that lists the choices."
+    if compile is None or compile is False: return None
+    if compile is True: return 'default'
+    if compile not in COMPILE_MODES: raise ConfigError(f"compile={compile!r}: use False, True or one of {COMPILE_MODES}")
+    return compile
+
+def maybe_compile(model:nn.Module, compile) -> nn.Module:
+    "`model` through `torch.compile` in the mode `compile` asks for, or `model` itself."
+    mode = compile_mode(compile)
+    return model if mode is None else torch.compile(model, mode=mode)
 
 # %% ../../nbs/20_train.engine.ipynb #ff6aa8fe
 def curves(rows:list[dict], keys=('loss',), x:str='step', title:str=''):
