@@ -124,7 +124,9 @@ class VideoMAEPretrainer(nn.Module):
     def token_ids(self, mask:torch.Tensor, batch:int, device) -> tuple[torch.Tensor, torch.Tensor]:
         "Indices (batch, n) of the visible and of the masked tokens, each in ascending token order, on `device`."
         if mask.device.type == 'cpu' or not torch.cuda.is_current_stream_capturing(): n_mask = self.check_mask(mask, batch)
-        else: n_mask = int(self.mask_ratio * self.cfg.hw ** 2) * self.cfg.t   # inside a CUDA graph: no host sync, the model's count
+        else:                                                                  # inside a CUDA graph: no host sync, the model's count,
+            n_mask = int(self.mask_ratio * self.cfg.hw ** 2) * self.cfg.t     # checked on the device (a device-side assert if it differs)
+            torch._assert_async((mask.sum(1) == n_mask).all(), f"a captured VideoMAE step needs {n_mask} masked tokens per clip (mask_ratio={self.mask_ratio})")
         ids = mask.to(torch.uint8).argsort(dim=1, stable=True)                 # visible (0) first, then masked, each ascending
         if ids.device.type == 'cpu' and torch.device(device).type == 'cuda' and not torch.compiler.is_compiling(): ids = ids.pin_memory()
         ids = ids.to(device, non_blocking=True)
