@@ -7,10 +7,10 @@ from conftest import moving_bar
 
 HIDE = "import sys\nfor n in {names!r}: sys.modules[n] = None\n"
 READ = """
-from tamt.data.video import default_backend, read_frames
+from tamt.data.video import default_backend, available_backends, read_frames
 import json, numpy as np
 f = read_frames({path!r}, np.arange(0, 12, 3))
-print(json.dumps(dict(backend=default_backend(), shape=list(f.shape), sum=int(f.astype(np.int64).sum()), first=f[0, :4, :4].tolist())))
+print(json.dumps(dict(backend=default_backend(), available=list(available_backends()), shape=list(f.shape), sum=int(f.astype(np.int64).sum()), first=f[0, :4, :4].tolist())))
 """
 
 
@@ -25,7 +25,7 @@ def test_auto_without_decord_reads_with_pyav(tmp_path):
     path = write_video(tmp_path / 'bar.mp4', moving_bar(12, 48, 64), fps=15)
     ref = read_frames(path, np.arange(0, 12, 3), backend='pyav')
     got = _auto_in_fresh_process(path, ['decord', 'torchcodec'])
-    assert got['backend'] == 'pyav'
+    assert got['backend'] == 'pyav' and got['available'] == ['pyav']
     assert got['shape'] == list(ref.shape)
     assert got['sum'] == int(ref.astype(np.int64).sum()) and got['first'] == ref[0, :4, :4].tolist()
 

@@ -15,7 +15,7 @@ __all__ = ['FrameReader']
 
 # %% ../../nbs/05_data.reader.ipynb #a57b6d73
 class FrameReader:
-    "Frames of videos decoded by `backend` ('auto': torchcodec where it works, else decord) at `short_side` (None: native), cached in `cache_dir` after the first read if given."
+    "Frames of videos decoded by `backend` ('auto': `default_backend()`) at `short_side` (None: native), cached in `cache_dir` after the first read if given."
     def __init__(self, backend:str='auto', short_side:int|None=None, cache_dir=None):
         self.backend, self.short_side = resolve_backend(backend), short_side     # 'auto' resolved: the cache key names the real decoder
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
