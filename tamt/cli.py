@@ -6,7 +6,6 @@
 from __future__ import annotations
 import argparse, ast, json, sys, time
 from pathlib import Path
-import numpy as np
 from .core import TamtError, save_json
 from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS
 from .data.video import BACKENDS, EXTRA_BACKENDS

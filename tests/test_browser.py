@@ -6,7 +6,7 @@ Screenshots go to pytest's temporary folder; TAMT_SCREENSHOTS=<folder> writes th
 (`TAMT_SCREENSHOTS=docs/screenshots pytest tests/test_browser.py` refreshes the README's).
 Needs /usr/bin/chromium (TAMT_CHROMIUM overrides) and the playwright package, which `.ci/setup` installs;
 without them the test is skipped, except under CI (CI=true), where it fails."""
-import io, json, os, secrets, shutil, signal, socket, subprocess, sys, time, urllib.request
+import io, json, os, secrets, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from conftest import need, free_port

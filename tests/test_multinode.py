@@ -2,14 +2,14 @@
 would start them, meet at one c10d rendezvous endpoint on 127.0.0.1 (CPU, gloo). One SSL step's gradients
 (tests/ddp_grads.py, as `tamt.pretrain.run.ssl_stage` sets the step up) with 4 clips on each node equal those of one
 process with the global batch of 8, within float32 rounding: the check tests/test_pretrain.py makes for 2 processes on one node."""
-import json, os, subprocess, sys
+import json, os, subprocess
 from pathlib import Path
 import torch
 from conftest import free_port
 from test_pretrain import TORCHRUN, TINY, data, grads, within_rounding          # noqa: F401 (data: the module's small dataset)
 
 
-def test_two_nodes_match_one_process(data, tmp_path):
+def test_two_nodes_match_one_process(data, tmp_path):  # noqa: F811 (data: the fixture imported above)
     one = grads(data, tmp_path, 1)
     conf = json.dumps(dict(model=TINY['model'], data_root=str(data), ssl_batch=4, ssl_epochs=1, num_workers=0, decode_short_side=32,
                            decoder_dim=32, decoder_heads=1, progress=False))

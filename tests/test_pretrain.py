@@ -133,8 +133,8 @@ def test_compiled_pretraining_matches_eager(data, tmp_path):
     runs = {c: pretrain_ssl(tmp_path / f'ssl_{c}', cfg(data, compile=c, max_steps=3, ssl_epochs=1)) for c in (False, True)}
     a, b = runs[False]['ssl_loss'][0], runs[True]['ssl_loss'][0]
     assert abs(a - b) <= 1e-4 * abs(a), (a, b)
-    sl = {c: pretrain_sl(tmp_path / f'sl_{c}', cfg(data, compile=c, max_steps=3, sl_epochs=1, mixup=0.0, cutmix=0.0), init=runs[False]['checkpoint'])
-          for c in (False, True)}
+    for c in (False, True):
+        pretrain_sl(tmp_path / f'sl_{c}', cfg(data, compile=c, max_steps=3, sl_epochs=1, mixup=0.0, cutmix=0.0), init=runs[False]['checkpoint'])
     wa, wb = last_model(tmp_path / 'sl_False' / 'sl'), last_model(tmp_path / 'sl_True' / 'sl')
     assert wa.keys() == wb.keys()
     assert all(torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-3, atol=1e-5) for k in wa), 'compiled SL steps moved the weights differently'

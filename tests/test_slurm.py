@@ -5,7 +5,6 @@ options reach the sbatch script of one job array, a queued or running job is wai
 and a job that ends without a result is a failed run, kept and reported."""
 import csv, json, os, stat
 from importlib.util import find_spec
-from pathlib import Path
 import pytest
 from tamt.cli import main
 from tamt.experiments import is_complete, run_sweep

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/05_data.reader.ipynb #28b9f91c
 from __future__ import annotations
-import hashlib, os, warnings
+import hashlib, warnings
 from pathlib import Path
 import numpy as np
 from ..core import VideoError, WriteError, atomic_path

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import gzip, json, os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np

@@ -8,7 +8,6 @@ import os, json, time, hashlib, colorsys, importlib, contextlib
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 import numpy as np
-import tamt
 from ..core import rng_for, save_json, DataError, ConfigError, data_home
 from .video import write_video
 

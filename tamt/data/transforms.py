@@ -5,7 +5,6 @@
 # %% ../../nbs/03_data.transforms.ipynb #013a3201
 from __future__ import annotations
 import math, random, contextlib
-import numpy as np
 import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as TF

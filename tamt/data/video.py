@@ -4,7 +4,7 @@
 
 # %% ../../nbs/01_data.video.ipynb #c4438833
 from __future__ import annotations
-import os, re, functools, tempfile, importlib.util
+import re, functools, tempfile, importlib.util
 from pathlib import Path
 from typing import Sequence
 import numpy as np

@@ -4,12 +4,11 @@
 
 # %% ../../nbs/30_fewshot.evaluate.ipynb #f4701330
 from __future__ import annotations
-import json, math, time
-from pathlib import Path
+import math, time
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from ..core import DataError, ConfigError, save_json, pick_device
+from ..core import ConfigError, save_json, pick_device
 from ..models.httn import HTTN, Embedding, METRICS, prototype_scores
 from ..data.sources import VideoList
 from ..data.episodes import EpisodeSampler

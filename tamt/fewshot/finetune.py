@@ -4,15 +4,15 @@
 
 # %% ../../nbs/31_fewshot.finetune.ipynb #84318aec
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, asdict, field, fields
+import math, time
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn as nn
 import numpy as np
 from torch.utils.data import Dataset, DataLoader
 from tqdm.auto import tqdm
-from ..core import ConfigMixin, ConfigError, DataError, save_json, load_torch, rng_for
+from ..core import ConfigMixin, ConfigError, DataError, save_json, rng_for
 from ..models.vit import HTTNConfig
 from ..models.httn import HTTN
 from ..models.checkpoints import load_model, save_checkpoint
@@ -22,7 +22,7 @@ from ..data.sampling import SegmentSampler
 from ..data.transforms import train_transform
 from ..data.reader import FrameReader
 from ..data.datasets import ClipDataset, EpisodeDataset, episode_train_loader
-from ..train.engine import RunDir, fit, init_distributed, read_metrics, amp_dtype, compile_mode, maybe_compile
+from ..train.engine import RunDir, fit, init_distributed, amp_dtype, compile_mode, maybe_compile
 from .evaluate import evaluate, check_reader
 
 # %% auto #0

@@ -4,10 +4,9 @@
 
 # %% ../../nbs/32_fewshot.harness.ipynb #9978ded4
 from __future__ import annotations
-import json, time
+import time
 from pathlib import Path
 import numpy as np
-import torch
 import plotly.express as px
 import plotly.graph_objects as go
 from ..core import save_json, save_csv, ConfigError

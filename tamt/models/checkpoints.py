@@ -60,7 +60,7 @@ def detect_format(state:dict, source:str='state dict') -> str:
 def _strip_module(state:dict) -> dict:
     return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
 
-def checkpoint_filter_fn(state:dict, model=None, fmt:str|None=None, source:str='state dict') -> tuple[dict, list[str]]:
+def checkpoint_filter_fn(state:dict, fmt:str|None=None, source:str='state dict') -> tuple[dict, list[str]]:
     "Map a state dict of any known format onto HTTN names; returns (mapped state, unused keys dropped)."
     state = _strip_module(state); fmt = fmt or detect_format(state, source)
     if fmt == 'hf_videomae':
@@ -167,7 +167,7 @@ def load_state(model:HTTN, state:dict, fmt:str|None=None, source:str='state dict
                hint:str="Build the model from the file with tamt.load_model(path), or fix the overrides") -> LoadReport:
     "Map `state` onto `model` and load it strictly; mismatches raise an error listing keys and shapes, ending with `hint`."
     fmt = fmt or detect_format(_strip_module(state), source)
-    mapped, unused = checkpoint_filter_fn(state, model, fmt, source)
+    mapped, unused = checkpoint_filter_fn(state, fmt, source)
     own = model.state_dict()
     # parts the model was built without (an ablation: no GTMT, fewer adapters) are dropped, not unexpected
     absent = [k for k in mapped if k not in own and ((k.startswith('gtmt.') and model.gtmt is None) or

@@ -28,7 +28,6 @@ class GTMT(nn.Module):
         self.agg1, self.bn3 = nn.Conv2d(G, g2, 3, padding=1, bias=False), nn.BatchNorm2d(g2)
         self.agg2, self.bn4 = nn.Conv2d(g2, 1, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(1)
         self.proj = nn.Linear(cfg.head_in, C)
-        self.last = None        # set by `record=True`: covariances before and after iSQRT, for inspection
 
     def temporal(self, x:torch.Tensor) -> torch.Tensor:
         "Y = LN(X + U(X)) for tokens X (B, N, C), U laid out as `cfg.temporal_layout` says."
@@ -44,15 +43,18 @@ class GTMT(nn.Module):
         y = y.view(B, c, T // G, G, -1)                       # frame t = j·G + g
         return y.permute(0, 3, 1, 2, 4).reshape(B * G, c * (T // G), -1)
 
-    def forward(self, x:torch.Tensor, record:bool=False) -> torch.Tensor:
-        "Tokens X (B, N, C) → H(M2) (B, C)."
+    def forward_intermediates(self, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
+        "Tokens X (B, N, C) → H(M2) (B, C), and ELSTC's covariances {'cov': before iSQRT, 'sqrt': after}, each (B, G, d, d) float32."
         B = x.shape[0]; G, d = self.cfg.groups, self.cfg.cov_dim
         y = self.temporal(x).transpose(1, 2).unsqueeze(-1)              # (B, C, N, 1): 1×1 convs act per token
         y = F.relu(self.bn1(self.reduce1(y)))
         y = F.relu(self.bn2(self.reduce2(y)))
         cov = check_finite(covariance(self.group_samples(y)), 'gtmt.covariance')
         root = isqrt(cov, self.cfg.isqrt_iters, where='gtmt.isqrt')
-        if record: self.last = dict(cov=cov.detach().view(B, G, d, d), sqrt=root.detach().view(B, G, d, d))
         z = F.relu(self.bn3(self.agg1(root.view(B, G, d, d).to(y.dtype))))
         z = F.relu(self.bn4(self.agg2(z)))
-        return self.proj(z.flatten(1))
+        return self.proj(z.flatten(1)), dict(cov=cov.view(B, G, d, d), sqrt=root.view(B, G, d, d))
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor:
+        "Tokens X (B, N, C) → H(M2) (B, C)."
+        return self.forward_intermediates(x)[0]

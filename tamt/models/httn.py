@@ -42,12 +42,21 @@ class HTTN(nn.Module):
         for blk in self.backbone.blocks[cfg.depth - cfg.taa_blocks:]: blk.adapter = TAA(cfg)
         self.gtmt = GTMT(cfg) if cfg.use_gtmt else None
 
-    def embed_parts(self, clips:torch.Tensor, record:bool=False, start:int=0) -> Embedding:
-        "Z, M1 and H(M2), each (B, C), for normalised clips (B, 3, F, H, W), or for tokens (B, N, C) after the first `start` > 0 blocks."
-        x = self.backbone.forward_blocks(clips, start) if start else self.backbone.forward_tokens(clips)
+    def adapter_blocks(self) -> list[int]:
+        "Indices of the blocks that hold a TAA adapter."
+        return [i for i, b in enumerate(self.backbone.blocks) if b.adapter is not None]
+
+    def forward_intermediates(self, clips:torch.Tensor, start:int=0, blocks=None) -> tuple[Embedding, dict]:
+        "Z, M1 and H(M2) (an `Embedding`), and what was computed on the way: {'blocks': {i: `Block.forward_intermediates`' dict (TAA's 'gamma' and 'beta' (B, C, T) among it)} for the TAA blocks (or `blocks`), and with GTMT ELSTC's 'cov' and 'sqrt' (B, G, d, d)}."
+        x, inter = self.backbone.forward_intermediates(clips, start, self.adapter_blocks() if blocks is None else blocks)
         m1 = self.backbone.pool(x)
-        h = self.gtmt(x, record=record) if self.gtmt is not None else torch.zeros_like(m1)
-        return Embedding(m1 + h, m1, h)
+        if self.gtmt is None: return Embedding(m1, m1, torch.zeros_like(m1)), dict(blocks=inter)
+        h, cov = self.gtmt.forward_intermediates(x)
+        return Embedding(m1 + h, m1, h), dict(blocks=inter, **cov)
+
+    def embed_parts(self, clips:torch.Tensor, start:int=0) -> Embedding:
+        "Z, M1 and H(M2), each (B, C), for normalised clips (B, 3, F, H, W), or for tokens (B, N, C) after the first `start` > 0 blocks."
+        return self.forward_intermediates(clips, start, blocks=())[0]
 
     def embed(self, clips:torch.Tensor, start:int=0) -> torch.Tensor:
         "The video representation Z = M1 + H(M2), (B, C), for normalised clips (B, 3, F, H, W) (or tokens after `start` blocks)."
@@ -67,7 +76,7 @@ class HTTN(nn.Module):
     # --- what fine-tuning trains -------------------------------------------------------------
     def tuning_modules(self) -> dict:
         "The modules fine-tuning trains (the released set): TAA, fc_norm, and all of GTMT."
-        mods = {f'backbone.blocks.{i}.adapter': b.adapter for i, b in enumerate(self.backbone.blocks) if b.adapter is not None}
+        mods = {f'backbone.blocks.{i}.adapter': self.backbone.blocks[i].adapter for i in self.adapter_blocks()}
         return {**mods, 'backbone.fc_norm': self.backbone.fc_norm, **({'gtmt': self.gtmt} if self.gtmt is not None else {})}
 
     def freeze_for_tuning(self) -> int:

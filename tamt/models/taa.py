@@ -23,7 +23,6 @@ class TAA(nn.Module):
         self.bn = nn.BatchNorm1d(r)
         self.gamma = nn.Conv1d(r, C, 1, bias=False)
         self.beta = nn.Conv1d(r, C, 1, bias=False)
-        self.last = None        # set by `record=True`: the latest gamma and beta, for inspection
 
     def scale_shift(self, u:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         "gamma and beta, each (B, C, T), from normalised tokens u (B, N, C)."
@@ -32,9 +31,11 @@ class TAA(nn.Module):
         a = F.relu(self.bn(self.down(s)))
         return torch.sigmoid(self.gamma(a)), self.beta(a)
 
-    def forward(self, u:torch.Tensor, record:bool=False) -> torch.Tensor:
+    def forward_intermediates(self, u:torch.Tensor) -> tuple[torch.Tensor, dict]:
+        "TAA(u) (B, N, C) and what it is made of: {'gamma', 'beta'}, each (B, C, T)."
         B, N, C = u.shape
         g, b = self.scale_shift(u)
-        if record: self.last = (g.detach(), b.detach())
-        g, b = g.transpose(1, 2).unsqueeze(2), b.transpose(1, 2).unsqueeze(2)   # (B, T, 1, C)
-        return (u.view(B, self.t, N // self.t, C) * g + self.beta_scale * b).view(B, N, C)
+        out = u.view(B, self.t, N // self.t, C) * g.transpose(1, 2).unsqueeze(2) + self.beta_scale * b.transpose(1, 2).unsqueeze(2)
+        return out.view(B, N, C), dict(gamma=g, beta=b)
+
+    def forward(self, u:torch.Tensor) -> torch.Tensor: return self.forward_intermediates(u)[0]

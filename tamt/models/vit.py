@@ -4,8 +4,7 @@
 
 # %% ../../nbs/10_models.vit.ipynb #9874e0cd
 from __future__ import annotations
-import math
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import dataclass, asdict, fields
 import numpy as np
 import torch
 import torch.nn as nn
@@ -122,12 +121,19 @@ class Block(nn.Module):
         self.mlp = Mlp(C, int(C * cfg.mlp_ratio))
         self.adapter = None
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-    def forward(self, x):
+    def forward_intermediates(self, x:torch.Tensor) -> tuple[torch.Tensor, dict]:
+        "The block's output and what its branches computed: {'input': x, 'mlp': MLP(u)}; with an adapter also 'adapter', its output, and what the adapter's own `forward_intermediates` gives (TAA: 'gamma', 'beta')."
+        out = dict(input=x)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         u = self.norm2(x)
-        x = x + self.drop_path(self.mlp(u))
-        if self.adapter is not None: x = x + self.drop_path2(self.adapter(u))
-        return x
+        out['mlp'] = self.mlp(u)
+        x = x + self.drop_path(out['mlp'])
+        if self.adapter is not None:
+            out['adapter'], parts = self.adapter.forward_intermediates(u); out.update(parts)
+            x = x + self.drop_path2(out['adapter'])
+        return x, out
+
+    def forward(self, x:torch.Tensor) -> torch.Tensor: return self.forward_intermediates(x)[0]
 
 # %% ../../nbs/10_models.vit.ipynb #fe10ffab
 class VideoViT(nn.Module):
@@ -159,6 +165,15 @@ class VideoViT(nn.Module):
         "Tokens (B, N, C) after the first `start` blocks → tokens after the first `stop` blocks (default: all)."
         for blk in self.blocks[start:stop]: tokens = blk(tokens)
         return tokens
+
+    def forward_intermediates(self, x:torch.Tensor, start:int=0, indices=None) -> tuple[torch.Tensor, dict]:
+        "Tokens after the last block, and {i: `Block.forward_intermediates`' dict} for the blocks i in `indices` (default: all); `x` is clips, or tokens after the first `start` > 0 blocks."
+        if not start: self.check_clips(x); x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        keep, out = range(len(self.blocks)) if indices is None else set(indices), {}
+        for i, blk in enumerate(self.blocks[start:], start):
+            if i in keep: x, out[i] = blk.forward_intermediates(x)
+            else: x = blk(x)
+        return x, out
 
     def pool(self, tokens:torch.Tensor) -> torch.Tensor:
         "M1 = fc_norm(mean of the tokens)."

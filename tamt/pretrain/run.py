@@ -4,22 +4,22 @@
 
 # %% ../../nbs/23_pretrain.run.ipynb #95de8af4
 from __future__ import annotations
-import json, math, time
-from dataclasses import dataclass, asdict, field, fields
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import param_groups_weight_decay
-from ..core import ConfigMixin, ConfigError, rng_for, torch_gen_for, save_json, save_torch, load_torch
+from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch, load_torch
 from ..models.vit import HTTNConfig
-from ..models.checkpoints import checkpoint_filter_fn, detect_format, _unpack
+from ..models.checkpoints import checkpoint_filter_fn, _unpack
 from ..data.sources import VideoList, from_split
 from ..data.sampling import StrideSampler, SegmentSampler
 from ..data.transforms import Compose, RandomResizedCrop, Normalize, train_transform, eval_transform
 from ..data.reader import FrameReader
 from ..data.datasets import ClipDataset, clip_loader
-from ..train.engine import Dist, RunDir, fit, init_distributed, unwrap, warmup_cosine, barrier, read_metrics, curves, compile_mode, maybe_compile
+from ..train.engine import Dist, RunDir, fit, init_distributed, unwrap, warmup_cosine, barrier, compile_mode, maybe_compile
 from .ssl import VideoMAEPretrainer, tube_mask
 from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 

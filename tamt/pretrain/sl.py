@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.layers import trunc_normal_
 from timm.optim._param_groups import param_groups_layer_decay
-from ..core import rng_for, save_torch
+from ..core import rng_for
 from ..models.vit import HTTNConfig, VideoViT
 
 # %% auto #0

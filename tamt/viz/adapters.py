@@ -5,7 +5,6 @@
 # %% ../../nbs/41_viz.adapters.ipynb #9db78e52
 from __future__ import annotations
 from pathlib import Path
-import numpy as np
 import torch
 import ipywidgets as W
 import plotly.graph_objects as go
@@ -17,13 +16,9 @@ from ..data.sources import VideoList
 from .episodes import Inspector, ClipSource, WIDTH
 
 # %% auto #0
-__all__ = ['adapter_blocks', 'no_adapters', 'taa_activations', 'AdapterInspector']
+__all__ = ['no_adapters', 'taa_activations', 'AdapterInspector']
 
 # %% ../../nbs/41_viz.adapters.ipynb #17d5eac4
-def adapter_blocks(model:HTTN) -> list[int]:
-    "Indices of the blocks of `model` that hold a TAA adapter."
-    return [i for i, b in enumerate(model.backbone.blocks) if getattr(b, 'adapter', None) is not None]
-
 def no_adapters(model:HTTN, name:str='this model') -> TamtError:
     c = model.cfg
     return TamtError(f"{name} has no TAA adapters (taa_blocks={c.taa_blocks} of {c.depth} blocks): there is no γ or β to inspect. "
@@ -32,27 +27,18 @@ def no_adapters(model:HTTN, name:str='this model') -> TamtError:
 @torch.no_grad()
 def taa_activations(model:HTTN, clips:torch.Tensor, blocks=None) -> dict:
     "For each TAA block (default: all) and normalised clips (B, 3, F, H, W): gamma, beta (B, C, T) and mean token norms per frame (B, T) of TAA(u), MLP(u) and the block input."
-    have = adapter_blocks(model)
+    have = model.adapter_blocks()
     if not have: raise no_adapters(model)
     blocks = have if blocks is None else [int(b) for b in blocks]
     missing = [b for b in blocks if b not in have]
     if missing: raise TamtError(f"block {missing[0]} has no TAA adapter; this model's adapters are in blocks {have}")
-    model.backbone.check_clips(clips)
-    T, out, hooks = model.cfg.t, {}, []
+    T, was = model.cfg.t, model.training
     def per_frame(x): B, N, C = x.shape; return x.float().reshape(B, T, N // T, C).norm(dim=-1).mean(2).cpu()
-    for i in blocks:
-        blk, rec = model.backbone.blocks[i], out.setdefault(i, {})
-        def on_block(m, args, rec=rec): rec['input_norm'] = per_frame(args[0])
-        def on_adapter(m, args, res, rec=rec):
-            g, b = m.scale_shift(args[0]); rec.update(gamma=g.float().cpu(), beta=b.float().cpu(), taa_norm=per_frame(res))
-        def on_mlp(m, args, res, rec=rec): rec['mlp_norm'] = per_frame(res)
-        hooks += [blk.register_forward_pre_hook(on_block), blk.adapter.register_forward_hook(on_adapter), blk.mlp.register_forward_hook(on_mlp)]
-    was = model.training; model.eval()
-    try: model.backbone.forward_tokens(clips.to(next(model.parameters()).device))
-    finally:
-        for h in hooks: h.remove()
-        model.train(was)
-    return out
+    model.eval()
+    try: _, inter = model.forward_intermediates(clips.to(next(model.parameters()).device), blocks=blocks)
+    finally: model.train(was)
+    return {i: dict(gamma=r['gamma'].float().cpu(), beta=r['beta'].float().cpu(), taa_norm=per_frame(r['adapter']), mlp_norm=per_frame(r['mlp']),
+                    input_norm=per_frame(r['input'])) for i, r in inter['blocks'].items()}
 
 # %% ../../nbs/41_viz.adapters.ipynb #f1ab048e
 def _load(m):
@@ -73,7 +59,7 @@ class AdapterInspector(Inspector):
         self.source = source or ClipSource(videos, clips, max_per_class)
         self._cache, self.data = {}, {}
         st, lay = {'description_width': 'initial'}, W.Layout(width='auto')
-        blocks, names = adapter_blocks(self.model), self.source.names
+        blocks, names = self.model.adapter_blocks(), self.source.names
         ctl = dict(block=W.Dropdown(options=[(f'block {i}', i) for i in blocks], description='TAA block', style=st, layout=lay),
                    a=W.Dropdown(options=names, value=names[0] if names else None, description='A', style=st, layout=lay),
                    compare=W.ToggleButtons(options=[('nothing', 'none'), ('B: clip or class', 'item'), (f'B: {self.other_name}', 'other')],
@@ -108,15 +94,15 @@ class AdapterInspector(Inspector):
 
     def draw(self):
         v, m = self.values, self.model
-        if not adapter_blocks(m): raise no_adapters(m, self.name)
+        if not m.adapter_blocks(): raise no_adapters(m, self.name)
         self.source.check()
         blk = v['block']; A = self.stats(m, v['a'], blk); B, bname = None, None
         if v['compare'] == 'item': B, bname = self.stats(m, v['b'], blk), v['b']
         elif v['compare'] == 'other':
             if self._other_error is not None: raise TamtError(f"cannot load the second checkpoint {self.other_name}: {self._other_error}")
             if self.other is None: raise TamtError("no second checkpoint to compare with: pass other=<a model or checkpoint file>, e.g. the fine-tuned best.pt")
-            if blk not in adapter_blocks(self.other):
-                raise TamtError(f"{self.other_name} has no TAA adapter in block {blk} (its adapters: {adapter_blocks(self.other) or 'none'})")
+            if blk not in self.other.adapter_blocks():
+                raise TamtError(f"{self.other_name} has no TAA adapter in block {blk} (its adapters: {self.other.adapter_blocks() or 'none'})")
             oc = self.other.cfg
             if (oc.embed_dim, oc.t) != (m.cfg.embed_dim, m.cfg.t):
                 raise TamtError(f"{self.other_name} ({oc.embed_dim} channels, {oc.t} token frames) cannot be compared with "

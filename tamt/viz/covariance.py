@@ -27,13 +27,10 @@ def no_gtmt(model:HTTN, name:str='model') -> TamtError:
 def group_covariances(model:HTTN, clips:torch.Tensor) -> dict:
     "ELSTC's covariances of normalised clips (B, 3, F, H, W): {'cov': before iSQRT, 'sqrt': after}, each (B, G, d, d) float32."
     if model.gtmt is None: raise no_gtmt(model)
-    model.backbone.check_clips(clips)
-    was, prev = model.training, model.gtmt.last
-    model.eval()
-    try:
-        model.embed_parts(clips.to(next(model.parameters()).device), record=True)
-        return {k: v.float().cpu() for k, v in model.gtmt.last.items()}
-    finally: model.gtmt.last = prev; model.train(was)
+    was = model.training; model.eval()
+    try: _, inter = model.forward_intermediates(clips.to(next(model.parameters()).device), blocks=())
+    finally: model.train(was)
+    return {k: inter[k].float().cpu() for k in ('cov', 'sqrt')}
 
 # %% ../../nbs/42_viz.covariance.ipynb #87bccfdc
 def group_frames(cfg:HTTNConfig, g:int) -> list[int]:
