@@ -8,7 +8,7 @@ __all__ = ['TamtError', 'VideoError', 'DataError', 'ConfigError', 'HTTNConfig', 
            'save_hf']
 
 # %% ../nbs/90_api.ipynb #3b9fa350
-_homes = {'core': ['TamtError', 'VideoError', 'DataError', 'ConfigError'], 'models.vit': ['HTTNConfig'], 'models.httn': ['HTTN'],
+_homes = {'core': ['TamtError', 'VideoError', 'DataError', 'ConfigError'], 'models.httn': ['HTTN', 'HTTNConfig'],
           'models.checkpoints': ['load_model', 'save_checkpoint'], 'models.hf': ['save_hf']}
 _all_ = ['TamtError', 'VideoError', 'DataError', 'ConfigError', 'HTTNConfig', 'HTTN', 'load_model', 'save_checkpoint', 'save_hf']
 

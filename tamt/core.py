@@ -132,14 +132,16 @@ def load_torch(path, map_location='cpu'):
 
 # %% ../nbs/00_core.ipynb #82de17b9
 class ConfigMixin:
-    "`to_dict` (JSON-safe) and `update(**kw)` (unknown names are an error) for configuration dataclasses."
+    "`to_dict` (JSON-safe), `from_dict` and `update(**kw)` (a changed copy) for configuration dataclasses; unknown names are an error."
     _what = 'parameters'
     def to_dict(self) -> dict: return json.loads(json.dumps(dataclasses.asdict(self)))
-    def update(self, **kw):
-        known = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(kw) - known)
-        if bad: raise ConfigError(f"unknown {self._what} {bad}; known: {sorted(known)}")
-        return type(self)(**{**dataclasses.asdict(self), **kw})
+    @classmethod
+    def from_dict(cls, d:dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad: raise ConfigError(f"unknown {cls._what} {bad}; known: {sorted(known)}")
+        return cls(**d)
+    def update(self, **kw): return self.from_dict({**dataclasses.asdict(self), **kw})
 
 # %% ../nbs/00_core.ipynb #5549f5d2
 def pick_device(device:str|torch.device='auto') -> torch.device:

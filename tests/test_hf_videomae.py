@@ -9,7 +9,7 @@ from tamt.core import TamtError
 from tamt.models import hf as H
 from tamt.models.checkpoints import read_checkpoint, read_safetensors, save_checkpoint
 from tamt.models.httn import HTTN
-from tamt.models.vit import HTTNConfig
+from tamt.models.httn import HTTNConfig
 
 transformers = pytest.importorskip('transformers')
 from transformers import VideoMAEConfig, VideoMAEModel, VideoMAEForVideoClassification, VideoMAEForPreTraining

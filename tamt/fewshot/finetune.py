@@ -13,8 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset, DataLoader
 from tqdm.auto import tqdm
 from ..core import ConfigMixin, ConfigError, DataError, save_json, rng_for
-from ..models.vit import HTTNConfig
-from ..models.httn import HTTN
+from ..models.httn import HTTNConfig, HTTN
 from ..models.checkpoints import load_model, save_checkpoint
 from ..data.sources import VideoList
 from ..data.episodes import EpisodeSampler

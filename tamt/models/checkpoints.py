@@ -10,12 +10,11 @@ from pathlib import Path
 import torch
 import timm
 from ..core import TamtError, ConfigError, load_torch, save_torch, atomic_path, _json_default
-from .vit import HTTNConfig
-from .httn import HTTN
+from .httn import HTTNConfig, HTTN
 
 # %% auto #0
-__all__ = ['detect_format', 'checkpoint_filter_fn', 'infer_config', 'read_safetensors', 'read_checkpoint', 'LoadReport',
-           'load_state', 'load_model', 'save_checkpoint', 'shipped_checkpoint']
+__all__ = ['VIDEOMAE_HEADS', 'detect_format', 'checkpoint_filter_fn', 'infer_config', 'read_safetensors', 'read_checkpoint',
+           'LoadReport', 'load_state', 'load_model', 'save_checkpoint', 'shipped_checkpoint']
 
 # %% ../../nbs/15_models.checkpoints.ipynb #7d04caee
 _RELEASED = [
@@ -79,12 +78,18 @@ def checkpoint_filter_fn(state:dict, fmt:str|None=None, source:str='state dict')
     return out, unused
 
 # %% ../../nbs/15_models.checkpoints.ipynb #2c9b696a
+VIDEOMAE_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16}      # VideoMAE's ViT-S, -B, -L and -H: heads of 64 channels
+
 def infer_config(state:dict, **overrides) -> HTTNConfig:
-    "An HTTNConfig that fits the (mapped) `state`, with `overrides` applied."
+    "An HTTNConfig that fits the (mapped) `state`, with `overrides` applied. The weights do not tell the number of attention heads: it is VideoMAE's for its widths (`VIDEOMAE_HEADS`), else `overrides` must give it."
     kw = {}
     w = state.get('backbone.patch_embed.proj.weight')
     if w is not None:
-        kw.update(embed_dim=w.shape[0], in_chans=w.shape[1], tubelet=w.shape[2], patch_size=w.shape[3], num_heads=w.shape[0] // 64)
+        C = w.shape[0]
+        if 'num_heads' not in overrides and C not in VIDEOMAE_HEADS:
+            raise ConfigError(f"the weights are {C} channels wide, none of VideoMAE's ViT widths {sorted(VIDEOMAE_HEADS)}, and the file stores no "
+                              f"configuration: the number of attention heads cannot be read from the weights. Pass it: load_model(path, num_heads=...)")
+        kw.update(embed_dim=C, in_chans=w.shape[1], tubelet=w.shape[2], patch_size=w.shape[3], num_heads=VIDEOMAE_HEADS.get(C))
         blocks = {int(m.group(1)) for k in state if (m := re.match(r'backbone\.blocks\.(\d+)\.', k))}
         kw['depth'] = max(blocks) + 1
         fc1 = state.get('backbone.blocks.0.mlp.fc1.weight')

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .vit import HTTNConfig
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: from tamt.models.httn import HTTNConfig   # the configuration (annotations only: httn imports this module)
 from .covariance import covariance, isqrt, check_finite
 
 # %% auto #0

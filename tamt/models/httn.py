@@ -9,13 +9,42 @@ import torch
 import torch.nn as nn
 from timm.models import register_model
 from ..core import ConfigError
-from .vit import HTTNConfig, VideoViT, VIT_SMALL, VIT_BASE
+from dataclasses import dataclass
+from .vit import ViTConfig, VideoViT, build_model, VIT_SMALL, VIT_BASE
 from .taa import TAA
 from .gtmt import GTMT
 
 # %% auto #0
-__all__ = ['METRICS', 'Embedding', 'prototype_scores', 'HTTN', 'tamt_httn_vit_small_patch16_112',
+__all__ = ['METRICS', 'Embedding', 'HTTNConfig', 'prototype_scores', 'HTTN', 'tamt_httn_vit_small_patch16_112',
            'tamt_httn_vit_small_patch16_224', 'tamt_httn_vit_base_patch16_112', 'tamt_httn_vit_base_patch16_224']
+
+# %% ../../nbs/14_models.httn.ipynb #ab604a05
+@dataclass
+class HTTNConfig(ViTConfig):
+    "The backbone's sizes (`ViTConfig`) and those of TAA and the GTMT head (defaults: the released HTTN)."
+    taa_blocks: int = 2           # L: TAA in the last L blocks
+    taa_reduction: int = 4        # channel reduction of TAA's shared down-projection
+    taa_kernel: int = 3           # temporal kernel of TAA's down-projection
+    taa_beta_scale: float = 0.1   # TAA(u) = u * gamma + scale * beta
+    temporal_kernel: int = 3      # GTMT's depthwise temporal conv U
+    groups: int = 4               # G: ELSTC frame groups (stride grouping)
+    reduce_dims: tuple = ()       # ELSTC channel reduction; () = (C // 3, C // 6) as released
+    temporal_layout: str = 'released'   # 'released' reproduces the released U(X) token layout, 'aligned' fixes it
+    isqrt_iters: int = 3
+    use_gtmt: bool = True         # False: Z = M1 (no GTMT head), for ablations and the frozen baseline
+
+    def check(self):
+        super().check()
+        self.reduce_dims = tuple(self.reduce_dims)
+        if not 0 <= self.taa_blocks <= self.depth: self.bad(f"taa_blocks={self.taa_blocks} must be within 0..depth={self.depth}")
+        if self.embed_dim % self.taa_reduction: self.bad(f"embed_dim={self.embed_dim} is not divisible by taa_reduction={self.taa_reduction}")
+        if self.groups < 1 or self.t % self.groups: self.bad(f"groups={self.groups} must divide the {self.t} token frames (num_frames / tubelet)")
+        if self.temporal_layout not in ('released', 'aligned'): self.bad(f"temporal_layout={self.temporal_layout!r} is not 'released' or 'aligned'")
+        if len(self.elstc_dims) != 2 or min(self.elstc_dims) < 1: self.bad(f"reduce_dims={self.reduce_dims} must be two positive sizes (or () for C/3, C/6)")
+
+    elstc_dims = property(lambda s: s.reduce_dims or (s.embed_dim // 3, s.embed_dim // 6), doc="ELSTC reduction sizes")
+    cov_dim = property(lambda s: s.elstc_dims[1] * (s.t // s.groups), doc="d: length of an ELSTC group's sample")
+    head_in = property(lambda s: ((s.cov_dim + 1) // 2) ** 2, doc="input size of H (after the stride-2 conv)")
 
 # %% ../../nbs/14_models.httn.ipynb #8d5a7d22
 METRICS = ('released', 'distance')
@@ -34,9 +63,10 @@ Embedding = namedtuple('Embedding', 'z m1 h')
 
 class HTTN(nn.Module):
     "Video ViT + TAA in the last `taa_blocks` blocks + GTMT head; `embed` gives Z = M1 + H(M2), `forward` scores an episode."
+    config_class = HTTNConfig
     def __init__(self, cfg:HTTNConfig|None=None, **kw):
         super().__init__()
-        cfg = (cfg or HTTNConfig()).update(**kw) if kw else (cfg or HTTNConfig())
+        cfg = (cfg or self.config_class()).update(**kw) if kw else (cfg or self.config_class())
         self.cfg = cfg
         self.backbone = VideoViT(cfg)
         for blk in self.backbone.blocks[cfg.depth - cfg.taa_blocks:]: blk.adapter = TAA(cfg)
@@ -96,16 +126,11 @@ class HTTN(nn.Module):
     def extra_repr(self): return f"{self.cfg.embed_dim}-d, {self.cfg.depth} blocks, TAA in the last {self.cfg.taa_blocks}, G={self.cfg.groups}"
 
 # %% ../../nbs/14_models.httn.ipynb #48d9e94c
-def _httn(cfg_kw:dict, pretrained:bool=False, **kw) -> HTTN:
-    if pretrained: raise ValueError("tamt models have no downloadable weights: load a checkpoint with tamt.load_model(path)")
-    kw = {k: v for k, v in kw.items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')}
-    return HTTN(HTTNConfig(**{**cfg_kw, **kw}))
-
 @register_model
-def tamt_httn_vit_small_patch16_112(pretrained=False, **kw): return _httn(dict(VIT_SMALL, img_size=112), pretrained, **kw)
+def tamt_httn_vit_small_patch16_112(pretrained=False, **kw): return build_model(HTTN, pretrained, **{**VIT_SMALL, 'img_size': 112, **kw})
 @register_model
-def tamt_httn_vit_small_patch16_224(pretrained=False, **kw): return _httn(dict(VIT_SMALL, img_size=224), pretrained, **kw)
+def tamt_httn_vit_small_patch16_224(pretrained=False, **kw): return build_model(HTTN, pretrained, **{**VIT_SMALL, 'img_size': 224, **kw})
 @register_model
-def tamt_httn_vit_base_patch16_112(pretrained=False, **kw): return _httn(dict(VIT_BASE, img_size=112), pretrained, **kw)
+def tamt_httn_vit_base_patch16_112(pretrained=False, **kw): return build_model(HTTN, pretrained, **{**VIT_BASE, 'img_size': 112, **kw})
 @register_model
-def tamt_httn_vit_base_patch16_224(pretrained=False, **kw): return _httn(dict(VIT_BASE, img_size=224), pretrained, **kw)
+def tamt_httn_vit_base_patch16_224(pretrained=False, **kw): return build_model(HTTN, pretrained, **{**VIT_BASE, 'img_size': 224, **kw})

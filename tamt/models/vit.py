@@ -4,24 +4,24 @@
 
 # %% ../../nbs/10_models.vit.ipynb #9874e0cd
 from __future__ import annotations
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, DropPath, trunc_normal_
 from timm.models import register_model
-from ..core import ConfigError
+from ..core import ConfigError, ConfigMixin
 
 # %% auto #0
-__all__ = ['VIT_SMALL', 'VIT_BASE', 'HTTNConfig', 'sinusoid_table', 'PatchEmbed3D', 'Attention', 'Block', 'VideoViT',
-           'tamt_vit_small_patch16_112', 'tamt_vit_small_patch16_224', 'tamt_vit_base_patch16_112',
-           'tamt_vit_base_patch16_224']
+__all__ = ['VIT_SMALL', 'VIT_BASE', 'ViTConfig', 'sinusoid_table', 'PatchEmbed3D', 'Attention', 'Block', 'VideoViT',
+           'init_weights', 'build_model', 'tamt_vit_small_patch16_112', 'tamt_vit_small_patch16_224',
+           'tamt_vit_base_patch16_112', 'tamt_vit_base_patch16_224']
 
 # %% ../../nbs/10_models.vit.ipynb #4abcc52d
 @dataclass
-class HTTNConfig:
-    "Sizes of the video ViT and the HTTN head (defaults: the released ViT-S/16 at 112 px, 16 frames)."
+class ViTConfig(ConfigMixin):
+    "Sizes of the video ViT backbone (defaults: the released ViT-S/16 at 112 px, 16 frames)."
     embed_dim: int = 384          # C
     depth: int = 12
     num_heads: int = 6
@@ -34,46 +34,20 @@ class HTTNConfig:
     drop_path_rate: float = 0.1
     norm_eps: float = 1e-6
     fc_norm_eps: float|None = None     # eps of fc_norm; None: norm_eps (transformers' VideoMAE classifier uses 1e-5)
-    taa_blocks: int = 2           # L: TAA in the last L blocks
-    taa_reduction: int = 4        # channel reduction of TAA's shared down-projection
-    taa_kernel: int = 3           # temporal kernel of TAA's down-projection
-    taa_beta_scale: float = 0.1   # TAA(u) = u * gamma + scale * beta
-    temporal_kernel: int = 3      # GTMT's depthwise temporal conv U
-    groups: int = 4               # G: ELSTC frame groups (stride grouping)
-    reduce_dims: tuple = ()       # ELSTC channel reduction; () = (C // 3, C // 6) as released
-    temporal_layout: str = 'released'   # 'released' reproduces the released U(X) token layout, 'aligned' fixes it
-    isqrt_iters: int = 3
-    use_gtmt: bool = True         # False: Z = M1 (no GTMT head), for ablations and the frozen baseline
+    _what = 'configuration keys'
 
-    def __post_init__(self):
-        self.reduce_dims = tuple(self.reduce_dims)
-        def bad(msg): raise ConfigError(f"HTTNConfig: {msg}")
-        if self.embed_dim % self.num_heads: bad(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
-        if self.img_size % self.patch_size: bad(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
-        if self.num_frames % self.tubelet: bad(f"num_frames={self.num_frames} is not divisible by tubelet={self.tubelet}")
-        if not 0 <= self.taa_blocks <= self.depth: bad(f"taa_blocks={self.taa_blocks} must be within 0..depth={self.depth}")
-        if self.embed_dim % self.taa_reduction: bad(f"embed_dim={self.embed_dim} is not divisible by taa_reduction={self.taa_reduction}")
-        if self.groups < 1 or self.t % self.groups: bad(f"groups={self.groups} must divide the {self.t} token frames (num_frames / tubelet)")
-        if self.temporal_layout not in ('released', 'aligned'): bad(f"temporal_layout={self.temporal_layout!r} is not 'released' or 'aligned'")
-        if len(self.elstc_dims) != 2 or min(self.elstc_dims) < 1: bad(f"reduce_dims={self.reduce_dims} must be two positive sizes (or () for C/3, C/6)")
+    def __post_init__(self): self.check()
+    def bad(self, msg:str): raise ConfigError(f"{type(self).__name__}: {msg}")
+    def check(self):
+        "Raise a `ConfigError` naming the first size that does not fit."
+        if self.embed_dim % self.num_heads: self.bad(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.img_size % self.patch_size: self.bad(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.num_frames % self.tubelet: self.bad(f"num_frames={self.num_frames} is not divisible by tubelet={self.tubelet}")
 
     t = property(lambda s: s.num_frames // s.tubelet, doc="token frames T")
     hw = property(lambda s: s.img_size // s.patch_size, doc="patches per side")
     num_tokens = property(lambda s: s.t * s.hw * s.hw, doc="N = T * h * w")
-    elstc_dims = property(lambda s: s.reduce_dims or (s.embed_dim // 3, s.embed_dim // 6), doc="ELSTC reduction sizes")
-    cov_dim = property(lambda s: s.elstc_dims[1] * (s.t // s.groups), doc="d: length of an ELSTC group's sample")
-    head_in = property(lambda s: ((s.cov_dim + 1) // 2) ** 2, doc="input size of H (after the stride-2 conv)")
     def clip_shape(self, batch='B') -> tuple: return (batch, self.in_chans, self.num_frames, self.img_size, self.img_size)
-    def to_dict(self) -> dict: d = asdict(self); d['reduce_dims'] = list(self.reduce_dims); return d
-    @classmethod
-    def from_dict(cls, d:dict) -> 'HTTNConfig':
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown: raise ConfigError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
-        return cls(**d)
-    def update(self, **kw) -> 'HTTNConfig':
-        "A copy with `kw` changed (unknown names are an error)."
-        return HTTNConfig.from_dict({**self.to_dict(), **kw})
 
 # %% ../../nbs/10_models.vit.ipynb #be99919b
 def sinusoid_table(n_positions:int, dim:int) -> torch.Tensor:
@@ -87,7 +61,7 @@ def sinusoid_table(n_positions:int, dim:int) -> torch.Tensor:
 # %% ../../nbs/10_models.vit.ipynb #18bda15d
 class PatchEmbed3D(nn.Module):
     "Conv3d tubelet embedding: (B, 3, F, H, W) → (B, N, C), tokens time-major."
-    def __init__(self, cfg:HTTNConfig):
+    def __init__(self, cfg:ViTConfig):
         super().__init__()
         k = (cfg.tubelet, cfg.patch_size, cfg.patch_size)
         self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=k, stride=k)
@@ -111,7 +85,7 @@ class Attention(nn.Module):
 # %% ../../nbs/10_models.vit.ipynb #d90db83d
 class Block(nn.Module):
     "Transformer block with an optional adapter branch beside the MLP."
-    def __init__(self, cfg:HTTNConfig, drop_path:float=0.):
+    def __init__(self, cfg:ViTConfig, drop_path:float=0.):
         super().__init__()
         C = cfg.embed_dim
         self.norm1 = nn.LayerNorm(C, eps=cfg.norm_eps)
@@ -138,16 +112,17 @@ class Block(nn.Module):
 # %% ../../nbs/10_models.vit.ipynb #fe10ffab
 class VideoViT(nn.Module):
     "VideoMAE video ViT: tubelet embedding, sinusoidal positions, `depth` blocks, mean pooling + `fc_norm`."
-    def __init__(self, cfg:HTTNConfig|None=None, **kw):
+    config_class = ViTConfig
+    def __init__(self, cfg:ViTConfig|None=None, **kw):
         super().__init__()
-        cfg = (cfg or HTTNConfig()).update(**kw) if kw else (cfg or HTTNConfig())
+        cfg = (cfg or self.config_class()).update(**kw) if kw else (cfg or self.config_class())
         self.cfg = cfg
         self.patch_embed = PatchEmbed3D(cfg)
         self.register_buffer('pos_embed', sinusoid_table(cfg.num_tokens, cfg.embed_dim), persistent=False)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList([Block(cfg, dpr[i]) for i in range(cfg.depth)])
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps if cfg.fc_norm_eps is None else cfg.fc_norm_eps)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def check_clips(self, x:torch.Tensor):
         "Raise a clear error unless `x` is (B, in_chans, num_frames, img_size, img_size)."
@@ -181,7 +156,8 @@ class VideoViT(nn.Module):
 
     def forward(self, x): return self.pool(self.forward_tokens(x))
 
-def _init_weights(m):
+def init_weights(m:nn.Module):
+    "VideoMAE's initialisation of a ViT's modules: truncated-normal Linear weights (std 0.02) with zero biases, LayerNorm 1/0."
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=.02)
         if m.bias is not None: nn.init.zeros_(m.bias)
@@ -189,19 +165,20 @@ def _init_weights(m):
         nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
 # %% ../../nbs/10_models.vit.ipynb #9afc2ce1
-def _vit(cfg_kw:dict, pretrained:bool=False, **kw) -> VideoViT:
-    if pretrained: raise ValueError("tamt backbones have no downloadable weights: load a checkpoint with tamt.load_model(path)")
+def build_model(model_cls, pretrained:bool=False, **kw) -> nn.Module:
+    "A `model_cls` (`VideoViT`, `tamt.models.httn.HTTN`) built from configuration keywords `kw` (its `config_class`; timm's own keywords are dropped): the one factory behind the registered names."
+    if pretrained: raise ValueError("tamt models have no downloadable weights: load a checkpoint with tamt.load_model(path)")
     kw = {k: v for k, v in kw.items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')}
-    return VideoViT(HTTNConfig(**{**cfg_kw, **kw}))
+    return model_cls(model_cls.config_class.from_dict(kw))
 
 VIT_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 VIT_BASE = dict(embed_dim=768, depth=12, num_heads=12)
 
 @register_model
-def tamt_vit_small_patch16_112(pretrained=False, **kw): return _vit(dict(VIT_SMALL, img_size=112), pretrained, **kw)
+def tamt_vit_small_patch16_112(pretrained=False, **kw): return build_model(VideoViT, pretrained, **{**VIT_SMALL, 'img_size': 112, **kw})
 @register_model
-def tamt_vit_small_patch16_224(pretrained=False, **kw): return _vit(dict(VIT_SMALL, img_size=224), pretrained, **kw)
+def tamt_vit_small_patch16_224(pretrained=False, **kw): return build_model(VideoViT, pretrained, **{**VIT_SMALL, 'img_size': 224, **kw})
 @register_model
-def tamt_vit_base_patch16_112(pretrained=False, **kw): return _vit(dict(VIT_BASE, img_size=112), pretrained, **kw)
+def tamt_vit_base_patch16_112(pretrained=False, **kw): return build_model(VideoViT, pretrained, **{**VIT_BASE, 'img_size': 112, **kw})
 @register_model
-def tamt_vit_base_patch16_224(pretrained=False, **kw): return _vit(dict(VIT_BASE, img_size=224), pretrained, **kw)
+def tamt_vit_base_patch16_224(pretrained=False, **kw): return build_model(VideoViT, pretrained, **{**VIT_BASE, 'img_size': 224, **kw})

@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import param_groups_weight_decay
 from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch, load_torch
-from ..models.vit import HTTNConfig
+from ..models.httn import HTTNConfig
 from ..models.checkpoints import checkpoint_filter_fn, _unpack
 from ..data.sources import VideoList, from_split
 from ..data.sampling import StrideSampler, SegmentSampler

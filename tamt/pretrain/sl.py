@@ -9,9 +9,10 @@ import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.layers import trunc_normal_
-from timm.optim._param_groups import param_groups_layer_decay
+from timm.optim import param_groups_layer_decay
 from ..core import rng_for
-from ..models.vit import HTTNConfig, VideoViT
+from ..models.vit import VideoViT
+from ..models.httn import HTTNConfig
 
 # %% auto #0
 __all__ = ['VideoClassifier', 'layer_decay_groups', 'VideoMixup']

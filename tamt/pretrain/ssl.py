@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..core import TamtError, ConfigError
-from ..models.vit import HTTNConfig, VideoViT, Block, sinusoid_table, _init_weights
+from ..models.vit import VideoViT, Block, sinusoid_table, init_weights
+from ..models.httn import HTTNConfig
 
 # %% auto #0
 __all__ = ['Reconstruction', 'tube_mask', 'patchify_targets', 'VideoMAEPretrainer']
@@ -102,7 +103,7 @@ class VideoMAEPretrainer(nn.Module):
             for m in (self.encoder, self.encoder_norm, self.decoder_blocks, self.decoder_norm, self.decoder_head): m.apply(_xavier_init)
             nn.init.trunc_normal_(self.mask_token, std=.02, a=-.02, b=.02)
         else:
-            self.apply(_init_weights)
+            self.apply(init_weights)
             nn.init.trunc_normal_(self.mask_token, std=.02)
 
     target_dim = property(lambda s: s.cfg.tubelet * s.cfg.patch_size ** 2 * s.cfg.in_chans, doc="values per token: tubelet·p·p·channels")

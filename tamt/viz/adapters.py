@@ -82,7 +82,7 @@ class AdapterInspector(Inspector):
             self.fig_contrib.add_trace(go.Scatter(x=[], y=[], name=side, mode='lines+markers', line=dict(dash=dash, color=col), legendgroup=side, showlegend=False), row=1, col=2)
         for f in (self.fig_stats, self.fig_contrib): f.update_layout(width=WIDTH, height=380, margin=dict(l=50, r=10, t=145, b=40), barmode='group')
         super().__init__(ctl, [self.fig_maps, self.fig_stats, self.fig_contrib])
-        self.update()
+        self.redraw()
 
     def stats(self, model:HTTN, item:str, block:int) -> dict:
         "γ, β (C, T) and per-frame norms (T,) of `block` for item `item`, averaged over its clips."

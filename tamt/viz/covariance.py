@@ -9,8 +9,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from ..core import TamtError
-from ..models.vit import HTTNConfig
-from ..models.httn import HTTN
+from ..models.httn import HTTNConfig, HTTN
 from ..models.checkpoints import load_model
 from ..data.sources import VideoList
 from .episodes import Inspector, ClipSource, WIDTH
@@ -102,7 +101,7 @@ class CovarianceInspector(Inspector):
                                      coloraxis2=dict(colorscale='PuOr', colorbar=dict(x=1.01, len=0.9, title='A−B')))
         for f in (self.fig_pair, self.fig_class): f.update_yaxes(autorange='reversed')
         super().__init__(ctl, [self.fig_pair, self.fig_spec, self.fig_class])
-        self.update()
+        self.redraw()
 
     def covs(self, item:str) -> dict:
         "Mean over the clips of `item` of the covariances before ('cov') and after ('sqrt') iSQRT, (G, d, d); 'n' clips."

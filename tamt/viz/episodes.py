@@ -11,8 +11,7 @@ import torch
 import ipywidgets as W
 import plotly.graph_objects as go
 from ..core import TamtError, DataError
-from ..models.vit import HTTNConfig
-from ..models.httn import HTTN, prototype_scores
+from ..models.httn import HTTNConfig, HTTN, prototype_scores
 from ..data.sources import VideoList, from_split
 from ..data.episodes import EpisodeSampler
 from ..data.datasets import EpisodeDataset
@@ -72,14 +71,14 @@ class Inspector:
     def _changed(self, change):
         if self._quiet: return
         with self.quiet(): self.sync()
-        self.update()
+        self.redraw()
     def set(self, **values):
         "Set controls by name, as a person would in the front end, then redraw once."
         bad = [k for k in values if k not in self.controls]
         if bad: raise KeyError(f"{type(self).__name__} has no control {', '.join(bad)}; its controls: {', '.join(self.controls)}")
         with self.quiet():
             for k, v in values.items(): self.controls[k].value = v; self.sync()
-        return self.update()
+        return self.redraw()
     def guard(self, fn, *args, **kw):
         "Run `fn`; a problem becomes the message shown in place of the figures."
         self.error = self.trace = None
@@ -89,7 +88,7 @@ class Inspector:
             self.say(error_text(e), 'error'); self.body.layout.display = 'none'
         else: self.body.layout.display = None; self.say(note or '')
         return self
-    def update(self):
+    def redraw(self):
         "Redraw from the controls' values."
         with self.quiet(): self.sync()
         return self.guard(self.draw)
@@ -204,7 +203,7 @@ class EpisodeExplorer(Inspector):
         with self.quiet():
             sp = self.controls['split']; self.sync()
             if 'novel' in sp.options: sp.value = 'novel'
-        self.update()
+        self.redraw()
 
     def _datasets(self, datasets) -> dict:
         if datasets is None or isinstance(datasets, (str, Path)):
@@ -219,7 +218,7 @@ class EpisodeExplorer(Inspector):
     def set_model(self, model:HTTN|None):
         "Inspect another model (or none)."
         self.model, self._z = model, {}
-        return self.update()
+        return self.redraw()
 
     def sync(self):
         sp, ds = self.controls['split'], self.controls['dataset'].value

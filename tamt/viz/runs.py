@@ -68,7 +68,7 @@ class RunDashboard(Inspector):
         self.fig.update_layout(width=WIDTH, height=420, margin=dict(l=50, r=10, t=70, b=40), uirevision='keep', legend=dict(orientation='h', y=-0.22))
         super().__init__(ctl, [self.fig], extra=[self.refresh_button, self.status_html])
         ctl['live'].observe(self._live, names='value')
-        self.scan(); self.update()
+        self.scan(); self.redraw()
         if live: ctl['live'].value = True
 
     def scan(self):
@@ -98,7 +98,7 @@ class RunDashboard(Inspector):
         with self._lock:
             self.scan()
             if only_if_changed and self.signature() == self._sig: return self
-            return self.update()
+            return self.redraw()
 
     def draw(self):
         with self._lock:
