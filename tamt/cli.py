@@ -205,13 +205,13 @@ def main(argv=None) -> int:
         if a.cmd == 'main':
             main_job(a.out, parse_params(a.param, a.params), stream=not a.quiet)
         elif a.cmd == 'run':
-            from tamt.experiments import run_experiment, describe_params, notebook_path, results_table, _scalars
+            from tamt.experiments import run_experiment, describe_params, notebook_path, results_table, result_scalars
             if a.show:
                 print(f"parameters of {notebook_path(a.notebook)}:\n{describe_params(a.notebook)}"); return 0
             if not a.out: raise TamtError("tamt run: give the run folder with --out (or --show to list the parameters)")
             res = run_experiment(a.notebook, a.out, parse_params(a.param, a.params), stream=not a.quiet)
             if isinstance(res.get('rows'), list) and res['rows'] and 'acc_mean' in res['rows'][0]: print(results_table(res['rows']))
-            print('\n'.join(f"{k}: {v}" for k, v in _scalars(res).items()))
+            print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items()))
             print(f"run folder: {Path(a.out).resolve()}")
         elif a.cmd == 'sweep':
             slurm = slurm_options(a.slurm, partition=a.partition, time=a.time, gpus=a.gpus, cpus=a.cpus, mem=a.mem)

@@ -16,8 +16,8 @@ from .core import TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_
 __all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'LAUNCHERS', 'SLURM_KEYS', 'JOBS', 'experiment_notebooks', 'notebook_path',
            'source_params', 'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params',
            'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name',
-           'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'collect', 'sweep_figure', 'sweep_executor',
-           'builtin_root', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
+           'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'result_scalars', 'collect', 'sweep_figure',
+           'sweep_executor', 'builtin_root', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
 def _experiments_dir() -> Path:
@@ -382,7 +382,8 @@ def write_figure(fig, path) -> Path:
     return Path(path)
 
 # %% ../nbs/50_experiments.ipynb #1ac19d61
-def _scalars(d:dict) -> dict:
+def result_scalars(d:dict) -> dict:
+    "The scalar entries of a run's result `d` (for a list of numbers, its last value as `<key>_last`), for one-line reports and sweep tables."
     out = {}
     for k, v in d.items():
         if k in ('config', 'params', 'rows'): continue
@@ -410,7 +411,7 @@ def collect(root, runs:list|None=None, grid:dict|None=None, metric:str|None=None
         tail = dict(seconds=meta.get('seconds'), error=meta.get('error'))
         res = (_read(d/'results.json') or {}) if status == 'done' else {}
         recs = res.get('rows') if isinstance(res.get('rows'), list) and res.get('rows') else [None]
-        for rec in recs: rows.append({**base, **_scalars(res), **(_scalars(rec) if isinstance(rec, dict) else {}), **tail})
+        for rec in recs: rows.append({**base, **result_scalars(res), **(result_scalars(rec) if isinstance(rec, dict) else {}), **tail})
     cols = list(dict.fromkeys(k for r in rows for k in r))
     rows = [{c: r.get(c) for c in cols} for r in rows]
     save_json(rows, root/'table.json')

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import param_groups_weight_decay
-from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch, load_torch
+from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch
 from ..models.httn import HTTNConfig
-from ..models.checkpoints import checkpoint_filter_fn, _unpack
+from ..models.checkpoints import checkpoint_filter_fn, read_checkpoint
 from ..data.sources import VideoList, from_split
 from ..data.sampling import StrideSampler, SegmentSampler
 from ..data.transforms import Compose, RandomResizedCrop, Normalize, train_transform, eval_transform
@@ -179,7 +179,7 @@ def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
 # %% ../../nbs/23_pretrain.run.ipynb #8ccf4a1f
 def _backbone_state(path) -> dict:
     "Backbone weights (VideoViT names) from an SSL / VideoMAE / tamt checkpoint file."
-    state, _ = _unpack(load_torch(path), str(path))
+    state = read_checkpoint(path)[0]
     mapped, _ = checkpoint_filter_fn(state, source=str(path))
     return {k[len('backbone.'):]: v for k, v in mapped.items() if k.startswith('backbone.') and '.adapter.' not in k}
 
@@ -253,7 +253,7 @@ def pretrain(out_dir, cfg:PretrainConfig, stages=('ssl', 'sl'), init=None) -> di
 # %% ../../nbs/23_pretrain.run.ipynb #ba8f91e0
 def ship_checkpoint(src, dest, dtype:torch.dtype=torch.float16, **meta) -> Path:
     "A small copy of pre-training checkpoint `src` (SSL or SL) at `dest`: backbone weights in `dtype`, the tamt configuration and `meta` (how it was made)."
-    _, cfg = _unpack(load_torch(src), str(src))
+    cfg = read_checkpoint(src)[1]
     if cfg is None: raise ConfigError(f"{src}: has no tamt configuration; ship only checkpoints that tamt's pre-training wrote")
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _backbone_state(src).items()}
     if 'fc_norm.weight' not in state:          # an SSL encoder has no final norm: the freshly initialised one tuning starts from
