@@ -30,10 +30,8 @@ def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a',
     from tamt.data.synthetic import build_builtin, builtin_summary
     from tamt.data.sources import from_split
     from tamt.data.episodes import EpisodeSampler
-    from tamt.data.datasets import EpisodeDataset
-    from tamt.data.sampling import SegmentSampler
-    from tamt.data.transforms import eval_transform
-    from tamt.data.reader import FrameReader
+    from types import SimpleNamespace
+    from tamt.data.datasets import EpisodeDataset, eval_view
     t0 = time.time()
     root = build_builtin(root, seed=seed, scale=scale, progress=progress)
     summ = builtin_summary(root)
@@ -42,7 +40,7 @@ def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a',
     if domain not in summ: raise TamtError(f"domain={domain!r} is not one of {list(summ)}")
     videos = from_split(root/domain/'novel.json', root)
     eps = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes=1, seed=seed, class_names=videos.classes)
-    ds = EpisodeDataset(videos, eps, SegmentSampler(frames), eval_transform(size), FrameReader(short_side=size))
+    ds = EpisodeDataset(videos, eps, *eval_view(SimpleNamespace(num_frames=frames, img_size=size)))
     t1 = time.time(); video, labels = ds[0]
     ep = eps.episode(0)
     out(f"episode 0 of seed {seed}: {n_way}-way {n_shot}-shot, {n_query} queries per class, from {domain}/novel "

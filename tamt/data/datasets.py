@@ -5,18 +5,21 @@
 # %% ../../nbs/07_data.datasets.ipynb #93b638c2
 from __future__ import annotations
 import json, os, time
+from collections import namedtuple
 from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DataLoader, Sampler
 from ..core import DataError, VideoError, rng_for
 from .reader import FrameReader
+from .sampling import SegmentSampler
+from .transforms import train_transform, eval_transform
 from .episodes import EpisodeSampler
 from .sources import VideoList
 
 # %% auto #0
-__all__ = ['SkipReport', 'ClipDataset', 'EpisodeDataset', 'EpochSampler', 'EpochBatchSampler', 'EpisodeBatchSampler',
-           'episode_train_loader', 'episode_loader', 'clip_loader']
+__all__ = ['View', 'SkipReport', 'eval_view', 'train_view', 'ClipDataset', 'EpisodeDataset', 'EpochSampler', 'EpochBatchSampler',
+           'EpisodeBatchSampler', 'episode_train_loader', 'episode_loader', 'clip_loader']
 
 # %% ../../nbs/07_data.datasets.ipynb #6a248f54
 class SkipReport:
@@ -66,6 +69,18 @@ class _ClipLoader:
         raise DataError(f"{self.videos.name}: gave up after {len(tried) - len(set(avoid))} bad videos of class "
                         f"{self.videos.classes[self.videos.labels[vid]]!r} in one item (see {self.report.path}). "
                         f"Run tamt.data.sources.validate and drop the bad videos")
+
+# %% ../../nbs/07_data.datasets.ipynb #0662a810
+View = namedtuple('View', 'sampler transform reader')
+
+def eval_view(cfg, reader:FrameReader|None=None) -> View:
+    "The deterministic view of a model configured by `cfg` (its `num_frames`, `img_size`): segment centres, resize and centre crop; frames decoded at short side `img_size` unless `reader` is given."
+    return View(SegmentSampler(cfg.num_frames), eval_transform(cfg.img_size), reader or FrameReader(short_side=cfg.img_size))
+
+def train_view(cfg, reader:FrameReader|None=None, scale=(0.08, 1.0), flip:bool=True, randaug=(4, 7), erase:float=0.25) -> View:
+    "The augmented view a model configured by `cfg` trains on: a random frame per segment, random resized crop of area `scale`, `flip`, RandAugment `randaug` (n, m; None: off), random erasing `erase`."
+    tf = train_transform(cfg.img_size, scale=tuple(scale), flip=flip, randaug=tuple(randaug) if randaug else None, erase=erase)
+    return View(SegmentSampler(cfg.num_frames, train=True), tf, reader or FrameReader())
 
 # %% ../../nbs/07_data.datasets.ipynb #dfeeabf0
 class ClipDataset(Dataset, _ClipLoader):

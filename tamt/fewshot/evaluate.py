@@ -12,10 +12,8 @@ from ..core import ConfigError, save_json, pick_device
 from ..models.httn import HTTN, Embedding, METRICS, prototype_scores
 from ..data.sources import VideoList
 from ..data.episodes import EpisodeSampler
-from ..data.sampling import SegmentSampler
-from ..data.transforms import eval_transform, train_transform
 from ..data.reader import FrameReader
-from ..data.datasets import ClipDataset, EpisodeDataset, clip_loader, episode_loader
+from ..data.datasets import ClipDataset, EpisodeDataset, clip_loader, episode_loader, eval_view, train_view
 
 # %% auto #0
 __all__ = ['ci95', 'episode_accuracy', 'episode_accuracies', 'embed_videos', 'check_reader', 'embed_episodes', 'evaluate',
@@ -49,7 +47,8 @@ def embed_videos(model:HTTN, videos:VideoList, batch_size:int=32, device='auto',
     "Z (or `part` 'm1' or 'h'; None: all three as an `Embedding`) of every video of `videos` in the deterministic view (segment centres, or `sampler`'s frames; resize, centre crop), as (n, C) float32 on the CPU; `amp` embeds under bf16 autocast (on any device)."
     if part not in (None, *Embedding._fields): raise ConfigError(f"part={part!r} is not one of {Embedding._fields} (or None for all)")
     dev = pick_device(device); model = model.to(dev).eval(); c = model.cfg
-    ds = ClipDataset(videos, sampler or SegmentSampler(c.num_frames), eval_transform(c.img_size), reader or FrameReader(short_side=c.img_size))
+    view = eval_view(c, reader)
+    ds = ClipDataset(videos, sampler or view.sampler, view.transform, view.reader)
     dl = clip_loader(ds, batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
     out = []
     for clips, _ in tqdm(dl, desc='embed', disable=not progress):
@@ -96,9 +95,8 @@ def evaluate(model:HTTN, videos:VideoList, n_way:int=5, n_shot:int=1, n_query:in
     else:
         if frame_sampler is not None: raise ConfigError(f"frame_sampler= is for protocol='cached', not {protocol!r}")
         c = model.cfg; model = model.to(dev).eval()
-        if protocol == 'reembed': smp, tf = SegmentSampler(c.num_frames), eval_transform(c.img_size)
-        else: smp, tf = SegmentSampler(c.num_frames, train=True), train_transform(c.img_size, flip=flip)
-        ds = EpisodeDataset(videos, sampler, smp, tf, reader or FrameReader(short_side=c.img_size if protocol == 'reembed' else None))
+        view = eval_view(c, reader) if protocol == 'reembed' else train_view(c, reader, flip=flip)
+        ds = EpisodeDataset(videos, sampler, *view)
         accs = np.empty(n_episodes)
         with torch.no_grad():
             for i, (ep, _) in enumerate(tqdm(episode_loader(ds, num_workers=num_workers), total=n_episodes, desc='episodes', disable=not progress)):

@@ -17,10 +17,8 @@ from ..models.httn import HTTNConfig, HTTN
 from ..models.checkpoints import load_model, save_checkpoint
 from ..data.sources import VideoList
 from ..data.episodes import EpisodeSampler
-from ..data.sampling import SegmentSampler
-from ..data.transforms import train_transform
 from ..data.reader import FrameReader
-from ..data.datasets import ClipDataset, EpisodeDataset, episode_train_loader
+from ..data.datasets import ClipDataset, EpisodeDataset, episode_train_loader, View, train_view
 from ..train.engine import RunDir, fit, init_distributed, amp_dtype, compile_mode, maybe_compile
 from .evaluate import evaluate, check_reader
 
@@ -83,6 +81,10 @@ class FinetuneConfig(ConfigMixin):
     progress: bool = True
     overrides: dict = field(default_factory=dict)    # HTTNConfig overrides when loading the initial checkpoint
 
+    def view(self, model_cfg) -> View:
+        "This run's training view for a model configured by `model_cfg`: `train_view` with the run's crop, flip, RandAugment, erasing, decoding size and frame cache."
+        return train_view(model_cfg, FrameReader(short_side=self.decode_short_side, cache_dir=self.cache_dir), self.crop_scale, self.flip, self.randaug, self.erase)
+
 # %% ../../nbs/31_fewshot.finetune.ipynb #e6d66552
 def cosine_per_epoch(lr:float, t_max:int, eta_min:float, per_epoch:int):
     "step -> lr of torch's CosineAnnealingLR stepped once per epoch (the released schedule)."
@@ -115,17 +117,16 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
             v = evaluate(model, val, cfg.n_way, cfg.n_shot, vq, cfg.val_episodes, cfg.seed + 1, device=d.device, progress=False)
             result.update(val_acc=[v['acc_mean']], best_val=v['acc_mean'])
         save_json(result, out/'results.json'); return result
-    reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
-    check_reader(model, reader)
-    tf = train_transform(c.img_size, scale=tuple(cfg.crop_scale), flip=cfg.flip, randaug=tuple(cfg.randaug) if cfg.randaug else None, erase=cfg.erase)
+    view = cfg.view(c)
+    check_reader(model, view.reader)
     start, workers = 0, cfg.num_workers
     if cfg.view_bank:                                           # the frozen leading blocks run once per stored view
         t0 = time.time()
-        bank = ViewBank(model, base, cfg.view_bank, tf, reader, cfg.seed, cfg.bank_dtype, d.device, cfg.bank_max_gib,
+        bank = ViewBank(model, base, cfg.view_bank, view, cfg.seed, cfg.bank_dtype, d.device, cfg.bank_max_gib,
                         amp_dtype(cfg.amp, d.device), num_workers=cfg.num_workers, progress=cfg.progress)
         ds, start, workers = bank.episodes(train_eps, cfg.seed), bank.start, 0
         result['view_bank'] = dict(views=bank.views, start=bank.start, gib=bank.gib, seconds=round(time.time() - t0, 1))
-    else: ds = EpisodeDataset(base, train_eps, SegmentSampler(c.num_frames, train=True), tf, reader)
+    else: ds = EpisodeDataset(base, train_eps, *view)
     loader = episode_train_loader(ds, workers, pin_memory=d.device.type == 'cuda' and not start, persistent_workers=workers > 0)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=d.device.type == 'cuda')
@@ -143,7 +144,7 @@ def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConf
         nonlocal best
         if val is None or (step // per_epoch) % cfg.val_every and step != cfg.epochs * per_epoch: return {}   # every val_every epochs, and the last
         v = evaluate(model, val, cfg.n_way, cfg.n_shot, vq, cfg.val_episodes, cfg.seed + 1, device=d.device,
-                     amp=cfg.val_amp == 'bf16', reader=reader, progress=False)
+                     amp=cfg.val_amp == 'bf16', reader=view.reader, progress=False)
         if v['acc_mean'] > best:
             best = v['acc_mean']; save_checkpoint(model, out/'best.pt', step=step, epoch=step // per_epoch, val_acc=best)
         return dict(val_acc=v['acc_mean'], val_ci95=v['acc_ci95'], epoch=step / per_epoch)
@@ -170,8 +171,8 @@ def bank_bytes(cfg:HTTNConfig, views:int, dtype:str='bfloat16') -> int:
 
 # %% ../../nbs/31_fewshot.finetune.ipynb #a5c387b5
 class ViewBank:
-    "`views` augmented views of each video of `videos` through `model`'s frozen leading blocks (`start` of them), computed once and kept in `dtype` on `device`."
-    def __init__(self, model:HTTN, videos:VideoList, views:int, transform, reader:FrameReader|None=None, seed:int=0, dtype:str='bfloat16',
+    "`views` augmented views (drawn from `view`, a `train_view`) of each video of `videos` through `model`'s frozen leading blocks (`start` of them), computed once and kept in `dtype` on `device`."
+    def __init__(self, model:HTTN, videos:VideoList, views:int, view:View, seed:int=0, dtype:str='bfloat16',
                  device='cpu', max_gib:float=4.0, amp=None, batch_size:int=16, num_workers:int=0, progress:bool=True):
         if views < 1: raise ConfigError(f"view_bank={views}: store 1 or more views per video (0 turns the bank off)")
         c, per = model.cfg, bank_bytes(model.cfg, views, dtype)
@@ -184,7 +185,7 @@ class ViewBank:
                               f"{views} views). Lower view_bank, or raise bank_max_gib where the memory is there")
         self.tokens = torch.empty(len(videos), views, c.num_tokens, c.embed_dim, dtype=BANK_DTYPES[dtype], device=device)
         items = [(v, i) for v in range(views) for i in range(len(videos))]      # (view, video): ClipDataset seeds view v as its epoch v
-        dl = DataLoader(ClipDataset(videos, SegmentSampler(c.num_frames, train=True), transform, reader, seed=seed), batch_size=batch_size,
+        dl = DataLoader(ClipDataset(videos, *view, seed=seed), batch_size=batch_size,
                         sampler=items, num_workers=num_workers)
         dev, at, was = next(model.parameters()).device, 0, model.training
         model.train()                                                          # stochastic depth in the frozen blocks is part of a view

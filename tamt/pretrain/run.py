@@ -15,10 +15,10 @@ from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torc
 from ..models.httn import HTTNConfig
 from ..models.checkpoints import checkpoint_filter_fn, read_checkpoint
 from ..data.sources import VideoList, from_split
-from ..data.sampling import StrideSampler, SegmentSampler
-from ..data.transforms import Compose, RandomResizedCrop, Normalize, train_transform, eval_transform
+from ..data.sampling import StrideSampler
+from ..data.transforms import Compose, RandomResizedCrop, Normalize
 from ..data.reader import FrameReader
-from ..data.datasets import ClipDataset, clip_loader
+from ..data.datasets import ClipDataset, clip_loader, View, train_view, eval_view
 from ..train.engine import Dist, RunDir, fit, init_distributed, unwrap, warmup_cosine, barrier, compile_mode, maybe_compile
 from .ssl import VideoMAEPretrainer, tube_mask
 from .sl import VideoClassifier, VideoMixup, layer_decay_groups
@@ -82,6 +82,9 @@ class PretrainConfig(ConfigMixin):
     max_steps: int|None = None                      # stop each stage after this many steps (the schedule still spans all epochs)
 
     def model_config(self) -> HTTNConfig: return HTTNConfig().update(**self.model)
+    def sl_view(self) -> View:
+        "The supervised stage's training view: `train_view` of the model with this recipe's crop, flip, RandAugment, erasing, decoding size and frame cache."
+        return train_view(self.model_config(), FrameReader(short_side=self.decode_short_side, cache_dir=self.cache_dir), self.sl_crop_scale, self.flip, self.randaug, self.erase)
 
 PRESETS = {
     'vit_s_112': PretrainConfig(model=dict(embed_dim=384, depth=12, num_heads=6, img_size=112, num_frames=16), stride=2),
@@ -196,12 +199,11 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     d = dist or init_distributed(cfg.device)
     mcfg = cfg.model_config(); compile_mode(cfg.compile)
     train, test = load_split(cfg.train_split, cfg.data_root), load_split(cfg.test_split, cfg.data_root)
-    reader = FrameReader(short_side=cfg.decode_short_side, cache_dir=cfg.cache_dir)
-    tf = train_transform(mcfg.img_size, scale=tuple(cfg.sl_crop_scale), flip=cfg.flip, randaug=tuple(cfg.randaug) if cfg.randaug else None, erase=cfg.erase)
-    ds = ClipDataset(train, SegmentSampler(mcfg.num_frames, train=True), tf, reader, seed=cfg.seed)
+    view = cfg.sl_view()
+    ds = ClipDataset(train, *view, seed=cfg.seed)
     loader = clip_loader(ds, cfg.sl_batch, shuffle=True, num_workers=cfg.num_workers, seed=cfg.seed, rank=d.rank, world=d.world,
                          pin_memory=d.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
-    test_ds = ClipDataset(test, SegmentSampler(mcfg.num_frames), eval_transform(mcfg.img_size), reader)
+    test_ds = ClipDataset(test, *eval_view(mcfg, view.reader))
     test_loader = clip_loader(test_ds, cfg.sl_batch, shuffle=False, drop_last=False, num_workers=cfg.num_workers)
     per_epoch = loader.batch_sampler.batches_per_epoch(); total = cfg.sl_epochs * per_epoch
     torch.manual_seed(cfg.seed)

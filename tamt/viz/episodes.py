@@ -14,16 +14,14 @@ from ..core import TamtError, DataError
 from ..models.httn import HTTNConfig, HTTN, prototype_scores
 from ..data.sources import VideoList, from_split
 from ..data.episodes import EpisodeSampler
-from ..data.datasets import EpisodeDataset
-from ..data.sampling import SegmentSampler
-from ..data.transforms import eval_transform
+from ..data.datasets import EpisodeDataset, eval_view
 from ..data.reader import FrameReader
 from ..data.show import frame_strip, strips_figure
 from ..data.synthetic import DEFAULT_ROOT
 from ..fewshot.evaluate import embed_videos
 
 # %% auto #0
-__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'model_view', 'ClipSource', 'builtin_splits', 'EpisodeExplorer']
+__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'ClipSource', 'builtin_splits', 'EpisodeExplorer']
 
 # %% ../../nbs/40_viz.episodes.ipynb #4bf28b20
 _PLAIN = (TamtError, ValueError, IndexError, FileNotFoundError)
@@ -119,10 +117,6 @@ class Inspector:
         display(self.widget)
 
 # %% ../../nbs/40_viz.episodes.ipynb #badae658
-def model_view(cfg:HTTNConfig, reader:FrameReader|None=None) -> tuple:
-    "(frame sampler, transform, reader) of the deterministic evaluation view for a model of configuration `cfg`."
-    return SegmentSampler(cfg.num_frames), eval_transform(cfg.img_size), reader or FrameReader(short_side=cfg.img_size)
-
 class ClipSource:
     "Named clips to inspect: given tensors, videos of a `VideoList`, and classes (their first `max_per_class` videos), loaded in a model's evaluation view."
     def __init__(self, videos:VideoList|None=None, clips:dict|None=None, max_per_class:int=8, cache_dir=None):
@@ -145,7 +139,7 @@ class ClipSource:
         if not self.items:
             raise DataError("nothing to inspect: pass videos=<a VideoList with videos> or clips={name: (3, T, H, W) normalised clip}")
     def _video(self, i:int, cfg:HTTNConfig) -> torch.Tensor:
-        smp, tf, rd = model_view(cfg, FrameReader(short_side=cfg.img_size, cache_dir=self.cache_dir))
+        smp, tf, rd = eval_view(cfg, FrameReader(short_side=cfg.img_size, cache_dir=self.cache_dir))
         return tf(rd.read(self.videos.paths[i], smp)[0])
     def load(self, name:str, cfg:HTTNConfig) -> torch.Tensor:
         "The clips of item `name` as a batch (B, 3, T, H, W): 1 clip, or the videos of a class, in `cfg`'s view."
@@ -247,7 +241,7 @@ class EpisodeExplorer(Inspector):
     def draw(self):
         if self._init_error is not None: raise self._init_error
         v, vl, sampler, cfg = self.values, self.videos(), self.sampler(), self.cfg
-        smp, tf, rd = model_view(cfg)
+        smp, tf, rd = eval_view(cfg)
         video, labels = EpisodeDataset(vl, sampler, smp, tf, rd)[v['episode']]
         way, n = labels.shape; K = v['shot']; Q = n - K
         every = self.every or max(1, cfg.num_frames // 8)
@@ -301,7 +295,7 @@ class EpisodeExplorer(Inspector):
         key = (self.values['dataset'], self.values['split'], id(self.model))
         if key not in self._z:
             dev = next(self.model.parameters()).device
-            self._z[key] = embed_videos(self.model, self.videos(), device=dev, progress=False, reader=model_view(self.cfg)[2])
+            self._z[key] = embed_videos(self.model, self.videos(), device=dev, progress=False, reader=eval_view(self.cfg).reader)
         return self._z[key]
 
     def confusion(self, n_episodes:int|None=None):
