@@ -28,7 +28,7 @@ def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a',
                   frames:int=16, size:int=64, progress:bool=True, out=print) -> dict:
     "Build the built-in dataset, summarise it, and load one seeded episode of `domain`'s novel classes."
     from tamt.data.synthetic import build_builtin, builtin_summary
-    from tamt.data.sources import from_split
+    from tamt.data.sources import load_split
     from tamt.data.episodes import EpisodeSampler
     from types import SimpleNamespace
     from tamt.data.datasets import EpisodeDataset, eval_view
@@ -38,7 +38,7 @@ def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a',
     out(f"built-in dataset at {root} (seed {seed}, scale {scale}), ready in {time.time() - t0:.1f} s\n")
     out(summary_table(summ) + '\n')
     if domain not in summ: raise TamtError(f"domain={domain!r} is not one of {list(summ)}")
-    videos = from_split(root/domain/'novel.json', root)
+    videos = load_split(f'{domain}/novel', root)
     eps = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes=1, seed=seed, class_names=videos.classes)
     ds = EpisodeDataset(videos, eps, *eval_view(SimpleNamespace(num_frames=frames, img_size=size)))
     t1 = time.time(); video, labels = ds[0]

@@ -11,13 +11,14 @@ from importlib.util import find_spec
 from pathlib import Path
 import multiprocessing as mp
 from .core import TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
+from .data.sources import builtin_root
 
 # %% auto #0
 __all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'LAUNCHERS', 'SLURM_KEYS', 'JOBS', 'experiment_notebooks', 'notebook_path',
            'source_params', 'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params',
            'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name',
            'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'result_scalars', 'collect', 'sweep_figure',
-           'sweep_executor', 'builtin_root', 'split_file', 'load_videos', 'default_out', 'text_table', 'results_table']
+           'sweep_executor', 'default_out', 'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
 def _experiments_dir() -> Path:
@@ -537,32 +538,6 @@ def _sweep_jobs(root:Path, todo:list, nb:Path, kernel_name:str, launcher:str, op
     finally: bar.close()
 
 # %% ../nbs/50_experiments.ipynb #74b2d915
-def builtin_root(data) -> Path|None:
-    "The built-in dataset's folder when `data` is 'builtin' (generated if missing) or a folder holding one; else None."
-    from tamt.data.synthetic import ensure_builtin
-    if data in (None, 'builtin'): return ensure_builtin()
-    m = _read(Path(data)/'manifest.json')
-    return Path(data) if isinstance(m, dict) and m.get('generator') == 'tamt.data.synthetic' else None
-
-def split_file(spec, data='builtin', splits_dir=None) -> tuple:
-    "(split file, data root) for a split `spec` on `data`."
-    from tamt.data.sources import find_split
-    spec = str(spec); b = builtin_root(data)
-    if b is not None:
-        for f in [b/f'{spec}.json', b/spec, Path(spec), Path(f'{spec}.json')]:
-            if f.suffix == '.json' and f.is_file(): return f, b
-        have = sorted(str(p.relative_to(b))[:-5] for p in b.glob('*/*.json'))
-        raise ConfigError(f"split {spec!r} is not a split of the built-in dataset at {b}; it has {have}")
-    root = Path(data)
-    if not root.is_dir(): raise ConfigError(f"data={str(data)!r} is neither 'builtin' nor a folder (a built-in dataset or a data root)")
-    return find_split(spec, splits_dir), root
-
-def load_videos(spec, data='builtin', splits_dir=None):
-    "The `VideoList` of split `spec` on `data` (released paths remapped onto the data root)."
-    from tamt.data.sources import from_split
-    f, root = split_file(spec, data, splits_dir)
-    return from_split(f, root)
-
 def default_out(name:str) -> Path:
     "Run folder of an experiment notebook run by hand with `out_dir=None`: `runs/experiments/<name>` in the checkout (else here)."
     return (PROJECT or Path.cwd())/'runs'/'experiments'/name

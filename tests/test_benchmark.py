@@ -39,7 +39,7 @@ def test_shipped_source_model_is_remade(tmp_path):
     """`cpu_small` seed 0 pre-trained again (SSL then SL, about half an hour on 2 CPU cores) reaches the shipped model's held-out
     top-1 and frozen 5-shot accuracy on both targets within the spread of the shipped seeds (3 std, at least 3 points)."""
     from tamt.core import data_home, load_torch
-    from tamt.experiments import load_videos
+    from tamt.data.sources import load_split
     from tamt.fewshot.evaluate import evaluate
     from tamt.fewshot.finetune import METHODS
     from tamt.models.checkpoints import load_model, shipped_checkpoint
@@ -54,7 +54,7 @@ def test_shipped_source_model_is_remade(tmp_path):
     top1 = [load_torch(f)['meta']['sl_top1'] for f in shipped]
     assert abs(res['sl_top1'] - top1[0]) <= tol(top1), (res['sl_top1'], top1)
     for t in ('target_a', 'target_b'):
-        novel = load_videos(f'{t}/novel')
+        novel = load_split(f'{t}/novel')
         frozen = lambda f: evaluate(load_model(f, verbose=False, **METHODS['frozen']), novel, 5, 5, 12, 1000, 0, progress=False)['acc_mean']
         ref, new = [frozen(f) for f in shipped], frozen(res['checkpoint'])
         assert abs(new - ref[0]) <= tol(ref), (t, new, ref)

@@ -11,12 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 import tamt
-from ..core import DataError, VideoError
+from ..core import DataError, VideoError, ConfigError
 from .video import open_video
 
 # %% auto #0
 __all__ = ['VIDEO_EXTS', 'SPLITS_DIR', 'RELEASED_SPLITS', 'VideoList', 'from_folder', 'splits_dirs', 'find_split',
-           'read_split_file', 'from_split', 'from_list', 'check_video', 'validate']
+           'read_split_file', 'from_split', 'builtin_root', 'resolve_split', 'load_split', 'from_list', 'check_video',
+           'validate']
 
 # %% ../../nbs/04_data.sources.ipynb #e2d7a2fb
 VIDEO_EXTS = ('.mp4', '.avi', '.webm', '.mkv', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
@@ -156,6 +157,32 @@ def from_split(split_file, data_root=None, strip:str|None=None, missing:str='err
         out.skipped = miss
         return out
     return VideoList(paths, labels, classes, name=str(split_file))
+
+# %% ../../nbs/04_data.sources.ipynb #b73c44fd
+def builtin_root(data='builtin') -> Path|None:
+    "The built-in dataset's folder when `data` is 'builtin' or None (the default build, generated if missing) or a folder holding one; else None."
+    from tamt.data.synthetic import ensure_builtin, read_manifest
+    if data in (None, 'builtin'): return ensure_builtin()
+    m = read_manifest(data)
+    return Path(data) if m is not None and m.get('generator') == 'tamt.data.synthetic' else None
+
+def resolve_split(spec, data='builtin', splits_dir=None) -> tuple[Path, Path]:
+    "(split file, data root) of split `spec` on `data`: a built-in '<domain>/<split>', a released '<set>/<split>' (`find_split`) or a split file."
+    spec = str(spec)
+    if spec.startswith('builtin:'): raise ConfigError(f"split {spec!r}: write {spec[len('builtin:'):]!r} with data='builtin' (or a built-in dataset's folder)")
+    b = builtin_root(data)
+    if b is not None:
+        for f in [b/f'{spec}.json', b/spec, Path(spec), Path(f'{spec}.json')]:
+            if f.suffix == '.json' and f.is_file(): return f, b
+        have = sorted(str(p.relative_to(b))[:-5] for p in b.glob('*/*.json'))
+        raise ConfigError(f"split {spec!r} is not a split of the built-in dataset at {b}; it has {have}")
+    root = Path(data)
+    if not root.is_dir(): raise ConfigError(f"data={str(data)!r} is neither 'builtin' nor a folder (a built-in dataset or a data root)")
+    return find_split(spec, splits_dir), root
+
+def load_split(spec, data='builtin', splits_dir=None) -> VideoList:
+    "The `VideoList` of split `spec` on `data` (`resolve_split`; released paths remapped onto the data root)."
+    return from_split(*resolve_split(spec, data, splits_dir))
 
 # %% ../../nbs/04_data.sources.ipynb #b290ea3e
 def from_list(list_file, root=None, classes=None) -> VideoList:

@@ -14,7 +14,8 @@ from .video import write_video
 # %% auto #0
 __all__ = ['DIRECTIONS', 'MOTIONS', 'DOMAINS', 'SPLITS', 'CLASSES', 'VERSION', 'SIZE', 'FPS', 'MIN_FRAMES', 'MAX_FRAMES',
            'SHAPES', 'DOMAIN_STYLE', 'VIDEOS_PER_CLASS', 'SOURCE_TEST_FRACTION', 'DEFAULT_ROOT', 'list_classes',
-           'render_video', 'videos_per_class', 'builtin_status', 'build_builtin', 'ensure_builtin', 'builtin_summary']
+           'render_video', 'videos_per_class', 'read_manifest', 'builtin_status', 'build_builtin', 'ensure_builtin',
+           'builtin_summary', 'builtin_splits']
 
 # %% ../../nbs/08_data.synthetic.ipynb #21cf1a39
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1),
@@ -329,13 +330,15 @@ def _config(seed, scale, plan, classes_per_split) -> dict:
     return dict(version=VERSION, seed=int(seed), scale=float(scale), domains=list(plan), classes_per_split=classes_per_split)
 
 # %% ../../nbs/08_data.synthetic.ipynb #d96391ca
-def _load_manifest(root):
-    try: return json.loads((Path(root) / 'manifest.json').read_text())
+def read_manifest(root) -> dict|None:
+    "The manifest of the built-in dataset at `root` (what `build_builtin` wrote last), or None where there is no readable one: the one reader of manifest.json."
+    try: m = json.loads((Path(root) / 'manifest.json').read_text())
     except (OSError, ValueError): return None
+    return m if isinstance(m, dict) else None
 
 def builtin_status(root, seed:int=0, scale:float=1.0, domains=None, classes_per_split:int|None=None) -> str|None:
     "None if `root` holds a complete build for this request, else the reason it does not."
-    m = _load_manifest(root)
+    m = read_manifest(root)
     if m is None: return 'no readable manifest.json'
     want = _config(seed, scale, _plan(domains, classes_per_split), classes_per_split)
     got = {k: (list(m.get(k) or {}) if k == 'domains' else m.get(k)) for k in want}
@@ -419,7 +422,7 @@ def ensure_builtin(root=None) -> Path:
 def builtin_summary(root=None) -> dict:
     "Per domain and split: number of classes and videos, shortest and longest video (frames), from the manifest."
     root = Path(DEFAULT_ROOT if root is None else root)
-    m = _load_manifest(root)
+    m = read_manifest(root)
     if m is None: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json); run tamt.data.synthetic.build_builtin()")
     out = {}
     for d, dm in m['domains'].items():
@@ -428,3 +431,10 @@ def builtin_summary(root=None) -> dict:
             out.setdefault(d, {})[s] = dict(classes=len(set(js['image_labels'])), videos=len(fr),
                                             frames_min=min(fr, default=0), frames_max=max(fr, default=0))
     return out
+
+def builtin_splits(root=None) -> dict:
+    "{domain: {split: split file}} of the built-in dataset at `root` (default `DEFAULT_ROOT`), from its manifest."
+    root = Path(DEFAULT_ROOT if root is None else root)
+    m = read_manifest(root)
+    if m is None: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
+    return {d: {s: root/rel for s, rel in dm['split_files'].items()} for d, dm in m['domains'].items()}

@@ -14,7 +14,7 @@ from timm.optim import param_groups_weight_decay
 from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch
 from ..models.httn import HTTNConfig
 from ..models.checkpoints import checkpoint_filter_fn, read_checkpoint
-from ..data.sources import VideoList, from_split
+from ..data.sources import load_split
 from ..data.sampling import StrideSampler
 from ..data.transforms import Compose, RandomResizedCrop, Normalize
 from ..data.reader import FrameReader
@@ -24,8 +24,8 @@ from .ssl import VideoMAEPretrainer, tube_mask
 from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 
 # %% auto #0
-__all__ = ['PRESETS', 'PretrainConfig', 'preset', 'load_split', 'Stage', 'ssl_stage', 'pretrain_ssl', 'epoch_means', 'top1',
-           'pretrain_sl', 'pretrain', 'ship_checkpoint']
+__all__ = ['PRESETS', 'PretrainConfig', 'preset', 'Stage', 'ssl_stage', 'pretrain_ssl', 'epoch_means', 'top1', 'pretrain_sl',
+           'pretrain', 'ship_checkpoint']
 
 # %% ../../nbs/23_pretrain.run.ipynb #37275e88
 @dataclass
@@ -34,9 +34,9 @@ class PretrainConfig(ConfigMixin):
     _what = 'pre-training parameters'
     model: dict = field(default_factory=dict)       # HTTNConfig overrides: sizes of the backbone
     # data
-    train_split: str = 'builtin:source/train'       # 'builtin:<domain>/<split>' or a released-format split file
-    test_split: str = 'builtin:source/test'
-    data_root: str|None = None                      # remaps split files (and holds the built-in dataset)
+    train_split: str = 'source/train'               # a split as `tamt.data.sources.resolve_split` names it: built-in, released or a file
+    test_split: str = 'source/test'
+    data_root: str|None = None                      # the built-in dataset's folder (None: the default build), or the data root split files are remapped onto
     stride: int = 4                                 # SSL clip: num_frames frames every `stride`
     cache_dir: str|None = None                      # FrameReader cache of decoded frames
     decode_short_side: int|None = 128
@@ -108,15 +108,6 @@ def preset(name:str, **overrides) -> PretrainConfig:
     "A preset recipe ('vit_s_112', 'cpu_small', 'cpu_tiny') with `overrides`."
     if name not in PRESETS: raise ConfigError(f"preset={name!r} is not one of {sorted(PRESETS)}")
     return PRESETS[name].update(**overrides)
-
-# %% ../../nbs/23_pretrain.run.ipynb #5b7a7f1c
-def load_split(spec:str, data_root=None) -> VideoList:
-    "Videos of 'builtin:<domain>/<split>' or of a split file."
-    if spec.startswith('builtin:'):
-        from tamt.data.synthetic import ensure_builtin
-        root = ensure_builtin(data_root)                       # a build already there is used as it is
-        return from_split(root/(spec[len('builtin:'):] + '.json'), root)
-    return from_split(spec, data_root)
 
 # %% ../../nbs/23_pretrain.run.ipynb #41a1202d
 def _scaled_lr(base, batch, world): return base * batch * world / 256

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/40_viz.episodes.ipynb #432f873f
 from __future__ import annotations
-import contextlib, html, json, traceback
+import contextlib, html, traceback
 from pathlib import Path
 import numpy as np
 import torch
@@ -17,11 +17,11 @@ from ..data.episodes import EpisodeSampler
 from ..data.datasets import EpisodeDataset, eval_view
 from ..data.reader import FrameReader
 from ..data.show import frame_strip, strips_figure
-from ..data.synthetic import DEFAULT_ROOT
+from ..data.synthetic import DEFAULT_ROOT, builtin_splits
 from ..fewshot.evaluate import embed_videos
 
 # %% auto #0
-__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'ClipSource', 'builtin_splits', 'EpisodeExplorer']
+__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'ClipSource', 'EpisodeExplorer']
 
 # %% ../../nbs/40_viz.episodes.ipynb #4bf28b20
 _PLAIN = (TamtError, ValueError, IndexError, FileNotFoundError)
@@ -156,14 +156,10 @@ class ClipSource:
         return self._cache[ck]
 
 # %% ../../nbs/40_viz.episodes.ipynb #30163d51
-def builtin_splits(root=None) -> dict:
-    "{domain: {split: split file}} of the built-in dataset at `root` (default `tamt.data.synthetic.DEFAULT_ROOT`)."
-    root = Path(DEFAULT_ROOT if root is None else root)
-    try: man = json.loads((root/'manifest.json').read_text())
-    except (OSError, ValueError):
-        raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with "
-                        "tamt.data.synthetic.build_builtin(root), or pass datasets={name: {split: VideoList or split file}}") from None
-    return {d: {s: root/rel for s, rel in dm['split_files'].items()} for d, dm in man['domains'].items()}
+def _builtin_splits(root=None) -> dict:
+    "`tamt.data.synthetic.builtin_splits`, with what to pass instead when there is no build."
+    try: return builtin_splits(root)
+    except DataError as e: raise DataError(f"{e}, or pass datasets={{name: {{split: VideoList or split file}}}}") from None
 
 # %% ../../nbs/40_viz.episodes.ipynb #41f23929
 class EpisodeExplorer(Inspector):
@@ -202,7 +198,7 @@ class EpisodeExplorer(Inspector):
     def _datasets(self, datasets) -> dict:
         if datasets is None or isinstance(datasets, (str, Path)):
             self.data_root = self.data_root or Path(DEFAULT_ROOT if datasets is None else datasets)
-            return builtin_splits(datasets)
+            return _builtin_splits(datasets)
         if not isinstance(datasets, dict) or not datasets:
             raise DataError("datasets must be a built-in dataset's folder or {name: {split: VideoList or split file}}")
         return {k: (v if isinstance(v, dict) else {'all': v}) for k, v in datasets.items()}
