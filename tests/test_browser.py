@@ -1,4 +1,4 @@
-"""The inspection notebook in a real browser: JupyterLab started headless on loopback, `nbs/44_viz.inspect.ipynb`
+"""The inspection notebook in a real browser: JupyterLab started headless on loopback, `nbs/45_viz.inspect.ipynb`
 opened in Debian's Chromium (driven by playwright), all cells run from the Run menu, the widgets rendered and
 live (a control changed in the page redraws its figure through the kernel), screenshots kept.
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import need, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK = REPO / 'nbs' / '44_viz.inspect.ipynb'
+NOTEBOOK = REPO / 'nbs' / '45_viz.inspect.ipynb'
 CHROMIUM = os.environ.get('TAMT_CHROMIUM', '/usr/bin/chromium')
 INSPECTORS = {'tamt-episodes': ('episodes', 3), 'tamt-adapters': ('adapters', 3), 'tamt-covariance': ('covariance', 3), 'tamt-runs': ('runs', 1)}
 
