@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, ast, json, sys, time
 from pathlib import Path
-from .core import TamtError, save_json
+from .core import read_yaml, TamtError, save_json
 from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS
 from .data.video import BACKENDS, EXTRA_BACKENDS
 
@@ -15,14 +15,10 @@ __all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'mai
            'parse_overrides', 'main']
 
 # %% ../nbs/99_cli.ipynb #98c7793d
-def _table(rows:list[dict]) -> str:
-    cols = list(rows[0]); w = {c: max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in cols}
-    line = lambda r: '  '.join(str(r[c]).ljust(w[c]) for c in cols)
-    return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in rows])
-
 def summary_table(summary:dict) -> str:
     "The built-in dataset's summary (`builtin_summary`) as a text table."
-    return _table([dict(domain=d, split=s, **v) for d, sp in summary.items() for s, v in sp.items()])
+    from tamt.experiments import text_table
+    return text_table([dict(domain=d, split=s, **v) for d, sp in summary.items() for s, v in sp.items()])
 
 def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a', n_way:int=5, n_shot:int=1, n_query:int=2,
                   frames:int=16, size:int=64, progress:bool=True, out=print) -> dict:
@@ -63,14 +59,8 @@ def parse_value(s:str):
 
 def parse_params(pairs:list, files:list|None=None) -> dict:
     "Parameters from YAML files, then `-p NAME VALUE` / `-p NAME=VALUE` pairs (later ones win)."
-    import yaml
     out = {}
-    for f in files or []:
-        p = Path(f)
-        if not p.is_file(): raise TamtError(f"{f}: no such parameters file")
-        d = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(d, dict): raise TamtError(f"{f}: a parameters file is a mapping of names to values")
-        out.update(d)
+    for f in files or []: out.update(read_yaml(f, 'parameters file'))
     for it in pairs:
         if len(it) == 1 and '=' in it[0]: k, v = it[0].split('=', 1)
         elif len(it) == 2: k, v = it

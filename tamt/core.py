@@ -12,8 +12,8 @@ import tamt
 
 # %% auto #0
 __all__ = ['PROJECT', 'TamtError', 'VideoError', 'DataError', 'ConfigError', 'WriteError', 'seed_seq', 'rng_for', 'torch_gen_for',
-           'set_seed', 'atomic_path', 'save_json', 'save_csv', 'save_torch', 'load_torch', 'ConfigMixin', 'pick_device',
-           'machine_name', 'data_home']
+           'set_seed', 'atomic_path', 'save_json', 'read_yaml', 'save_csv', 'save_torch', 'load_torch', 'ConfigMixin',
+           'pick_device', 'machine_name', 'data_home']
 
 # %% ../nbs/00_core.ipynb #9a639af4
 class TamtError(Exception):
@@ -94,6 +94,18 @@ def _json_default(o):
     if isinstance(o, torch.Tensor): return o.tolist()
     if isinstance(o, Path): return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+# %% ../nbs/00_core.ipynb #e04ba74d
+def read_yaml(path, what:str='YAML file') -> dict:
+    "The mapping in the YAML file `path`; a missing file or anything but a mapping is a `ConfigError` naming the file as `what`."
+    import yaml
+    p = Path(path)
+    if not p.is_file(): raise ConfigError(f"{p}: no such {what}")
+    try: d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e: raise ConfigError(f"{p}: not valid YAML ({e})") from None
+    if d is None: return {}
+    if not isinstance(d, dict): raise ConfigError(f"{p}: a {what} is a mapping of names to values, not a {type(d).__name__}")
+    return d
 
 # %% ../nbs/00_core.ipynb #bc62f626
 def save_csv(rows:list[dict], path, cols:list|None=None) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 import multiprocessing as mp
-from .core import TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
+from .core import read_yaml, TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
 from .data.sources import builtin_root
 
 # %% auto #0
@@ -218,11 +218,7 @@ class Sweep(ConfigMixin):
 
 def load_sweep(path) -> Sweep:
     "A `Sweep` from a YAML file; unknown keys and malformed grids are refused naming them."
-    import yaml
-    path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: no such sweep file")
-    d = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(d, dict): raise ConfigError(f"{path}: a sweep file is a mapping with keys {list(Sweep.__dataclass_fields__)}")
+    path = Path(path); d = read_yaml(path, 'sweep file')
     try: return Sweep().update(**d)
     except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
 
