@@ -11,8 +11,7 @@ from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS
 from .data.video import BACKENDS, EXTRA_BACKENDS
 
 # %% auto #0
-__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'slurm_options', 'sweep_command',
-           'parse_overrides', 'main']
+__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'slurm_options', 'sweep_command', 'main']
 
 # %% ../nbs/99_cli.ipynb #98c7793d
 def summary_table(summary:dict) -> str:
@@ -107,66 +106,128 @@ def sweep_command(grid, launcher:str|None=None, parallel:int|None=None, out=None
     return 1 if failed else 0
 
 # %% ../nbs/99_cli.ipynb #c9f25dcb
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='tamt', description='tamt: cross-domain few-shot action recognition workbench')
-    sub = p.add_subparsers(dest='cmd', required=True)
-    def params_args(q):
-        q.add_argument('-p', '--param', nargs='+', action='append', default=[], metavar='NAME VALUE',
-                       help="a notebook parameter: -p NAME VALUE or -p NAME=VALUE; VALUE is JSON ('2', '[1, 5]', 'true'), "
-                            "a Python literal ('None') or else a string")
-        q.add_argument('-f', '--params', action='append', default=[], metavar='YAML', help='parameters from a YAML file (before -p)')
-        q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
-    m = sub.add_parser('main', help='the main job: the built-in benchmark from the shipped source model, tuned and evaluated on both targets (nbs/experiments/pipeline.ipynb)')
-    m.add_argument('--out', default='runs/main', help='run folder (default: runs/main; finished stages are reused when run again)')
-    params_args(m)
-    r = sub.add_parser('run', help='run an experiment notebook through papermill: pretrain, finetune, evaluate, pipeline, or a .ipynb path')
-    r.add_argument('notebook'); r.add_argument('--out', default=None, help='run folder (required unless --show)')
-    r.add_argument('--show', action='store_true', help="list the notebook's parameters (type, default, help) and exit")
-    params_args(r)
-    sw = sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (YAML) and collect one table')
-    sw.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm')
-    sw.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1 here and all on SLURM)")
-    sw.add_argument('--out', default=None, help="folder of the runs and the table (default: the file's out)")
-    sw.add_argument('--launcher', default=None, choices=LAUNCHERS,
-                    help="where the runs go (default: the file's launcher, else local): local processes, one SLURM job each "
-                         "(through submitit), or submitit's jobs on this machine")
-    sw.add_argument('--no-wait', action='store_true', help='submit the jobs and return; the same command again waits for them and collects')
-    sl = sw.add_argument_group("SLURM options of each job (they override the sweep file's slurm: section)")
+def _params(q, what:str='a notebook parameter'):
+    "The one way to pass parameters: -p NAME VALUE / -p NAME=VALUE (repeated), and -f YAML files."
+    q.add_argument('-p', '--param', nargs='+', action='append', default=[], metavar='NAME VALUE',
+                   help=f"{what}: -p NAME VALUE or -p NAME=VALUE; VALUE is JSON ('2', '[1, 5]', 'true'), a Python literal ('None') or else a string")
+    q.add_argument('-f', '--params', action='append', default=[], metavar='YAML', help='parameters from a YAML file (before -p)')
+
+def _out(q, what:str, default=None, required:bool=False):
+    q.add_argument('--out', default=default, required=required, metavar='FOLDER', help=f"folder for {what}" + (f" (default: {default})" if default else ''))
+
+def _data_root(q, what:str="the built-in dataset's folder (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)"):
+    q.add_argument('--data-root', default=None, help=what)
+
+def _cmd_main(sub):
+    q = sub.add_parser('main', help="the main job: the built-in benchmark from the shipped source model, tuned and evaluated on both targets (= tamt run pipeline --out runs/main)")
+    _out(q, 'the run (finished stages are reused when run again)', 'runs/main'); _params(q)
+    q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
+    q.set_defaults(func=lambda a: main_job(a.out, parse_params(a.param, a.params), stream=not a.quiet))
+
+def _cmd_run(sub):
+    q = sub.add_parser('run', help='run an experiment notebook through papermill: pretrain, finetune, evaluate, pipeline, or a .ipynb path')
+    q.add_argument('notebook'); _out(q, 'the run (required unless --show)'); _params(q)
+    q.add_argument('--show', action='store_true', help="list the notebook's parameters (type, default, help) and exit")
+    q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
+    def run(a):
+        from tamt.experiments import run_experiment, describe_params, notebook_path, results_table, result_scalars
+        if a.show: print(f"parameters of {notebook_path(a.notebook)}:\n{describe_params(a.notebook)}"); return 0
+        if not a.out: raise TamtError("tamt run: give the run folder with --out (or --show to list the parameters)")
+        res = run_experiment(a.notebook, a.out, parse_params(a.param, a.params), stream=not a.quiet)
+        if isinstance(res.get('rows'), list) and res['rows'] and 'acc_mean' in res['rows'][0]: print(results_table(res['rows']))
+        print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items()))
+        print(f"run folder: {Path(a.out).resolve()}")
+    q.set_defaults(func=run)
+
+def _cmd_sweep(sub):
+    q = sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (YAML) and collect one table')
+    q.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm')
+    q.add_argument('--parallel', type=int, default=None, help="runs at once (default: the file's parallel, else 1 here and all on SLURM)")
+    _out(q, "the runs and the table (default: the file's out)")
+    q.add_argument('--launcher', default=None, choices=LAUNCHERS, help="where the runs go (default: the file's launcher, else local): local "
+                   "processes, one SLURM job each (through submitit), or submitit's jobs on this machine")
+    q.add_argument('--no-wait', action='store_true', help='submit the jobs and return; the same command again waits for them and collects')
+    sl = q.add_argument_group("SLURM options of each job (they override the sweep file's slurm: section)")
     sl.add_argument('--partition', default=None); sl.add_argument('--time', default=None, help='minutes or [D-]HH:MM:SS (default 24:00:00)')
     sl.add_argument('--gpus', type=int, default=None, help='GPUs per job'); sl.add_argument('--cpus', type=int, default=None, help='CPUs per job')
     sl.add_argument('--mem', default=None, help='memory per job: GB, or with a unit (500M, 64G)')
     sl.add_argument('--slurm', action='append', default=[], metavar='KEY=VALUE',
                     help='another option: account, qos, constraint, setup, or any sbatch option (reservation=r1)')
-    pr = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
-    pr.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
-    pr.add_argument('--out', required=True, help='run folder (an existing one is resumed)')
-    pr.add_argument('--stages', default='ssl,sl', help="'ssl,sl', 'ssl' or 'sl'")
-    pr.add_argument('--init', default=None, help='checkpoint the SL stage starts from when SSL is not run')
-    pr.add_argument('-p', '--set', action='append', default=[], metavar='KEY=VALUE', help='override a recipe parameter (JSON value), e.g. -p ssl_epochs=2')
-    ev = sub.add_parser('evaluate', help='N-way K-shot accuracy of a checkpoint on a split file (released or tamt)')
-    ev.add_argument('checkpoint'); ev.add_argument('split', help="a split set and split name, e.g. 'hmdb51-molo/novel', or a released-format split file")
-    ev.add_argument('--data-root', default=None); ev.add_argument('--way', type=int, default=5); ev.add_argument('--shot', type=int, default=5)
-    ev.add_argument('--query', type=int, default=12); ev.add_argument('--episodes', type=int, default=10000); ev.add_argument('--seed', type=int, default=0)
-    ev.add_argument('--protocol', default='cached', help="'cached' (each video embedded once), 'reembed', or 'released' (random view per episode)")
-    ev.add_argument('--device', default='auto'); ev.add_argument('--out', default=None, help='write the result (with per-episode accuracies) as JSON')
-    ev.add_argument('-p', '--set', action='append', default=[], metavar='KEY=VALUE', help='model configuration override, e.g. -p num_frames=16')
+    q.set_defaults(func=lambda a: sweep_command(a.grid, a.launcher, a.parallel, a.out, wait=not a.no_wait,
+                                                slurm=slurm_options(a.slurm, partition=a.partition, time=a.time, gpus=a.gpus, cpus=a.cpus, mem=a.mem)))
+
+def _cmd_pretrain(sub):
+    q = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
+    q.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
+    _out(q, 'the run (an existing one is resumed)', required=True)
+    q.add_argument('--stages', default='ssl,sl', help="'ssl,sl', 'ssl' or 'sl'")
+    q.add_argument('--init', default=None, help='checkpoint the SL stage starts from when SSL is not run')
+    _params(q, 'a recipe parameter (PretrainConfig), e.g. -p ssl_epochs 2')
+    def run(a):
+        from tamt.pretrain.run import preset, pretrain
+        res = pretrain(a.out, preset(a.preset, **parse_params(a.param, a.params)), stages=tuple(a.stages.split(',')), init=a.init)
+        print(json.dumps({k: v for k, v in res.items() if k != 'config'}, indent=1))
+    q.set_defaults(func=run)
+
+def _cmd_evaluate(sub):
+    q = sub.add_parser('evaluate', help='N-way K-shot accuracy of a checkpoint on a split (released or tamt)')
+    q.add_argument('checkpoint'); q.add_argument('split', help="a released split set and split ('hmdb51-molo/novel') or a split file")
+    _data_root(q, "the data root the split's paths are remapped onto (or a built-in dataset's folder)")
+    q.add_argument('--way', type=int, default=5); q.add_argument('--shot', type=int, default=5)
+    q.add_argument('--query', type=int, default=12); q.add_argument('--episodes', type=int, default=10000); q.add_argument('--seed', type=int, default=0)
+    q.add_argument('--protocol', default='cached', help="'cached' (each video embedded once), 'reembed', or 'released' (random view per episode)")
+    q.add_argument('--device', default='auto'); _out(q, 'results.json (the result with per-episode accuracies)')
+    _params(q, 'a model configuration override, e.g. -p num_frames 16')
+    def run(a):
+        from tamt.fewshot.harness import evaluate_checkpoint
+        r = evaluate_checkpoint(a.checkpoint, a.split, a.data_root, a.way, a.shot, a.query, a.episodes, a.seed, a.protocol,
+                                a.device, Path(a.out)/'results.json' if a.out else None, **parse_params(a.param, a.params))
+        print(f"{a.way}-way {a.shot}-shot, {a.episodes} episodes: {100 * r['acc_mean']:.2f} ± {100 * r['acc_ci95']:.2f} % "
+              f"({r['clip_forwards']} clip forwards, {r['seconds']} s)")
+    q.set_defaults(func=run)
+
+def _cmd_data(sub):
     d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True)
-    e = d.add_parser('episode', help='the data check: build the built-in dataset, summarise it, load one seeded episode')
-    e.add_argument('--root', default=None, help='where the built-in dataset lives (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)')
-    e.add_argument('--seed', type=int, default=0); e.add_argument('--scale', type=float, default=1.0)
-    e.add_argument('--domain', default='target_a'); e.add_argument('--way', type=int, default=5)
-    e.add_argument('--shot', type=int, default=1); e.add_argument('--query', type=int, default=2)
-    e.add_argument('--out', default=None, help='also write the result as JSON here')
-    b = d.add_parser('build', help='generate the built-in dataset')
-    b.add_argument('--root', default=None); b.add_argument('--seed', type=int, default=0)
-    b.add_argument('--scale', type=float, default=1.0); b.add_argument('--force', action='store_true')
-    b.add_argument('--workers', type=int, default=None)
-    s = d.add_parser('summary', help='summarise the built-in dataset'); s.add_argument('--root', default=None)
-    v = d.add_parser('validate', help='list every missing, unreadable or too short video of a split file, folder or list')
-    v.add_argument('source', help='a split .json or split set name (hmdb51-molo/novel), a .txt list of "path label", or a folder with one sub-folder per class')
-    v.add_argument('--data-root', default=None, help='remap split paths onto this folder')
-    v.add_argument('--min-frames', type=int, default=16); v.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS + EXTRA_BACKENDS)
-    v.add_argument('--workers', type=int, default=4); v.add_argument('--report', default=None, help='write the bad videos as JSON here')
+    q = d.add_parser('episode', help='the data check: build the built-in dataset, summarise it, load one seeded episode')
+    _data_root(q); q.add_argument('--seed', type=int, default=0); q.add_argument('--scale', type=float, default=1.0)
+    q.add_argument('--domain', default='target_a'); q.add_argument('--way', type=int, default=5)
+    q.add_argument('--shot', type=int, default=1); q.add_argument('--query', type=int, default=2); _out(q, 'results.json (the check as JSON)')
+    def episode(a):
+        res = episode_check(a.data_root, a.seed, a.scale, a.domain, a.way, a.shot, a.query)
+        if a.out: save_json(res, Path(a.out)/'results.json')
+    q.set_defaults(func=episode)
+    q = d.add_parser('build', help='generate the built-in dataset')
+    _data_root(q); q.add_argument('--seed', type=int, default=0); q.add_argument('--scale', type=float, default=1.0)
+    q.add_argument('--force', action='store_true'); q.add_argument('--num-workers', type=int, default=None, help='rendering processes')
+    def build(a):
+        from tamt.data.synthetic import build_builtin, builtin_summary
+        print(summary_table(builtin_summary(build_builtin(a.data_root, a.seed, a.scale, n_workers=a.num_workers, force=a.force))))
+    q.set_defaults(func=build)
+    q = d.add_parser('summary', help='summarise the built-in dataset'); _data_root(q)
+    def summary(a):
+        from tamt.data.synthetic import builtin_summary
+        print(summary_table(builtin_summary(a.data_root)))
+    q.set_defaults(func=summary)
+    q = d.add_parser('validate', help='list every missing, unreadable or too short video of a split, folder or list')
+    q.add_argument('source', help='a split (hmdb51-molo/novel, a split file), a .txt list of "path label", or a folder with one sub-folder per class')
+    _data_root(q, 'the data root split paths are remapped onto')
+    q.add_argument('--min-frames', type=int, default=16); q.add_argument('--backend', default='auto', choices=('auto',) + BACKENDS + EXTRA_BACKENDS)
+    q.add_argument('--num-workers', type=int, default=4, help='videos checked at once'); _out(q, 'bad_videos.json (the bad videos as JSON)')
+    def validate_cmd(a):
+        from tamt.data.sources import validate
+        videos = _load_source(a.source, a.data_root)
+        bad = [dict(path=p, reason='missing file') for p in getattr(videos, 'skipped', [])]
+        bad += validate(videos, a.min_frames, a.backend, a.num_workers)
+        for r in bad: print(f"{r['path']}: {r['reason']}")
+        print(f"{len(bad)} bad of {len(videos) + len(getattr(videos, 'skipped', []))} videos in {a.source}")
+        if a.out: save_json(bad, Path(a.out)/'bad_videos.json')
+        return 1 if bad else 0
+    q.set_defaults(func=validate_cmd)
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='tamt', description='tamt: cross-domain few-shot action recognition workbench')
+    sub = p.add_subparsers(dest='cmd', required=True)
+    for add in (_cmd_main, _cmd_run, _cmd_sweep, _cmd_pretrain, _cmd_evaluate, _cmd_data): add(sub)
     return p
 
 def _load_source(source, data_root=None):
@@ -176,68 +237,14 @@ def _load_source(source, data_root=None):
     if p.suffix == '.txt': return from_list(p, data_root)
     return from_split(source, data_root, missing='skip')          # a split file, or a split set name ('hmdb51-molo/novel')
 
-def parse_overrides(items:list[str]) -> dict:
-    "['a=1', 'b=\"x\"', 'c=[1,2]'] → {'a': 1, 'b': 'x', 'c': [1, 2]}; values are JSON, else plain strings."
-    out = {}
-    for it in items:
-        if '=' not in it: raise TamtError(f"override {it!r} is not KEY=VALUE")
-        k, v = it.split('=', 1)
-        try: out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError: out[k.strip()] = v
-    return out
-
 def main(argv=None) -> int:
-    "Entry point of the `tamt` console script."
+    "Entry point of the `tamt` console script: each subcommand's function (`_cmd_*`) runs with the parsed arguments."
     a = _parser().parse_args(argv)
-    try:
-        if a.cmd == 'main':
-            main_job(a.out, parse_params(a.param, a.params), stream=not a.quiet)
-        elif a.cmd == 'run':
-            from tamt.experiments import run_experiment, describe_params, notebook_path, results_table, result_scalars
-            if a.show:
-                print(f"parameters of {notebook_path(a.notebook)}:\n{describe_params(a.notebook)}"); return 0
-            if not a.out: raise TamtError("tamt run: give the run folder with --out (or --show to list the parameters)")
-            res = run_experiment(a.notebook, a.out, parse_params(a.param, a.params), stream=not a.quiet)
-            if isinstance(res.get('rows'), list) and res['rows'] and 'acc_mean' in res['rows'][0]: print(results_table(res['rows']))
-            print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items()))
-            print(f"run folder: {Path(a.out).resolve()}")
-        elif a.cmd == 'sweep':
-            slurm = slurm_options(a.slurm, partition=a.partition, time=a.time, gpus=a.gpus, cpus=a.cpus, mem=a.mem)
-            return sweep_command(a.grid, a.launcher, a.parallel, a.out, slurm, wait=not a.no_wait)
-        elif a.cmd == 'pretrain':
-            from tamt.pretrain.run import preset, pretrain
-            res = pretrain(a.out, preset(a.preset, **parse_overrides(a.set)), stages=tuple(a.stages.split(',')), init=a.init)
-            print(json.dumps({k: v for k, v in res.items() if k != 'config'}, indent=1))
-        elif a.cmd == 'evaluate':
-            from tamt.fewshot.harness import evaluate_checkpoint
-            r = evaluate_checkpoint(a.checkpoint, a.split, a.data_root, a.way, a.shot, a.query, a.episodes, a.seed, a.protocol,
-                                    a.device, a.out, **parse_overrides(a.set))
-            print(f"{a.way}-way {a.shot}-shot, {a.episodes} episodes: {100 * r['acc_mean']:.2f} ± {100 * r['acc_ci95']:.2f} % "
-                  f"({r['clip_forwards']} clip forwards, {r['seconds']} s)")
-        elif a.data_cmd == 'episode':
-            res = episode_check(a.root, a.seed, a.scale, a.domain, a.way, a.shot, a.query)
-            if a.out: save_json(res, a.out)
-        elif a.data_cmd == 'build':
-            from tamt.data.synthetic import build_builtin, builtin_summary
-            root = build_builtin(a.root, a.seed, a.scale, n_workers=a.workers, force=a.force)
-            print(summary_table(builtin_summary(root)))
-        elif a.data_cmd == 'summary':
-            from tamt.data.synthetic import builtin_summary
-            print(summary_table(builtin_summary(a.root)))
-        elif a.data_cmd == 'validate':
-            from tamt.data.sources import validate
-            videos = _load_source(a.source, a.data_root)
-            bad = [dict(path=p, reason='missing file') for p in getattr(videos, 'skipped', [])]
-            bad += validate(videos, a.min_frames, a.backend, a.workers)
-            for r in bad: print(f"{r['path']}: {r['reason']}")
-            print(f"{len(bad)} bad of {len(videos) + len(getattr(videos, 'skipped', []))} videos in {a.source}")
-            if a.report: save_json(bad, a.report)
-            return 1 if bad else 0
+    try: return a.func(a) or 0
     except ExperimentFailed as e:
         print(f"tamt: the run failed: {e}", file=sys.stderr); return 1
     except (TamtError, FileNotFoundError) as e:
         print(f"tamt: error: {e}", file=sys.stderr); return 2
-    return 0
 
 # %% ../nbs/99_cli.ipynb #68733f0b
 #| eval: false

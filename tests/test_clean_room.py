@@ -45,10 +45,10 @@ def room(tmp_path, own_deps: bool):
 
 def use(py, tamt, env, work, tmp_path):
     # the data check: the built-in dataset goes to the user's data home
-    r = sh(tamt, 'data', 'episode', '--scale', 0.06, '--seed', 1, '--domain', 'target_b', '--out', work / 'ep.json', cwd=work, env=env)
+    r = sh(tamt, 'data', 'episode', '--scale', 0.06, '--seed', 1, '--domain', 'target_b', '--out', work / 'ep', cwd=work, env=env)
     assert 'episode 0 of seed 1: 5-way 1-shot' in r.stdout
     built = Path(env['HOME']) / '.cache' / 'tamt' / 'builtin'
-    assert json.loads((work / 'ep.json').read_text())['root'] == str(built) and (built / 'manifest.json').is_file()
+    assert json.loads((work / 'ep' / 'results.json').read_text())['root'] == str(built) and (built / 'manifest.json').is_file()
     assert not list(Path(py).parents[1].rglob('manifest.json'))                       # nothing written into the environment
     # a released split set by name: hmdb51-molo/novel remapped onto a tiny tree of real videos, one clip per class copied
     sys.path.insert(0, str(REPO)); from tamt.data.video import write_video
@@ -60,11 +60,11 @@ def use(py, tamt, env, work, tmp_path):
         p = tree / '/'.join(PurePosixPath(n).parts[-2:]); p.parent.mkdir(parents=True, exist_ok=True); p.write_bytes(src[l])
     sh(py, '-c', f"import tamt; tamt.save_checkpoint(tamt.HTTN(**{TINY!r}), 'tiny.pt')", cwd=work, env=env)
     ev = lambda: subprocess.run([str(tamt), 'evaluate', 'tiny.pt', 'hmdb51-molo/novel', '--data-root', str(tree), '--shot', '2', '--query', '1',
-                                 '--episodes', '5', '--out', 'ev.json'], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+                                 '--episodes', '5', '--out', 'ev'], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     r = ev()
     assert r.returncode == 0, r.stderr[-3000:]
     assert '5-way 2-shot, 5 episodes:' in r.stdout
-    res = json.loads((work / 'ev.json').read_text())
+    res = json.loads((work / 'ev' / 'results.json').read_text())
     assert res['accs'] == [1.0] * 5, res['accs']                   # each query at distance 0 from its own class's prototype
     gone = tree / '/'.join(PurePosixPath(names[7]).parts[-2:]); gone.unlink()
     r = ev()                                                        # a missing video: named, no traceback

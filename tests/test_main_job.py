@@ -15,30 +15,30 @@ def run(*args, check=True):
 def test_data_episode_end_to_end(tmp_path):
     "`tamt data episode` (the first main job): build, summarise, load one seeded episode."
     root = tmp_path / 'builtin'
-    r = run('data', 'episode', '--root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res.json')
+    r = run('data', 'episode', '--data-root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'res')
     assert 'target_b  novel  5' in r.stdout and 'episode 0 of seed 3: 5-way 1-shot' in r.stdout
-    res = json.loads((tmp_path / 'res.json').read_text())
+    res = json.loads((tmp_path / 'res' / 'results.json').read_text())
     assert res['shape'] == [5, 3, 3, 16, 64, 64] and len(set(res['classes'])) == 5
     assert res['summary']['source']['train']['classes'] == 36
     # the same seed gives the same episode; the second run reuses the files
     manifest = (root / 'manifest.json').stat().st_mtime_ns
-    run('data', 'episode', '--root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2.json')
-    res2 = json.loads((tmp_path / 'r2.json').read_text())
+    run('data', 'episode', '--data-root', root, '--scale', 0.06, '--seed', 3, '--domain', 'target_b', '--out', tmp_path / 'r2')
+    res2 = json.loads((tmp_path / 'r2' / 'results.json').read_text())
     assert res2['episode'] == res['episode'] and (root / 'manifest.json').stat().st_mtime_ns == manifest
 
 
 def test_validate_command_lists_bad_videos(tmp_path):
     root = tmp_path / 'builtin'
-    run('data', 'build', '--root', root, '--scale', 0.06)
+    run('data', 'build', '--data-root', root, '--scale', 0.06)
     split = root / 'target_a' / 'novel.json'
     names = json.loads(split.read_text())['image_names']
     (root / names[0]).write_bytes(b'broken')
     (root / names[1]).unlink()
-    r = run('data', 'validate', split, '--data-root', root, '--report', tmp_path / 'bad.json', check=False)
+    r = run('data', 'validate', split, '--data-root', root, '--out', tmp_path / 'bad', check=False)
     assert r.returncode == 1
     assert f'{names[0].split("/")[-1]}: cannot be opened' in r.stdout and 'missing file' in r.stdout
     assert '2 bad of 15 videos' in r.stdout
-    assert len(json.loads((tmp_path / 'bad.json').read_text())) == 2
+    assert len(json.loads((tmp_path / 'bad' / 'bad_videos.json').read_text())) == 2
 
 
 def test_clear_error_for_bad_root(tmp_path):
@@ -58,7 +58,7 @@ def test_evaluate_command_on_a_released_checkpoint(tmp_path, reference):
     split = tmp_path / 'novel.json'
     split.write_text(json.dumps({'image_names': names, 'image_labels': [k for k in range(5) for _ in range(3)]}))
     r = run('evaluate', reference / 'official_state_fp16.tar', split, '--data-root', tmp_path / 'root', '--shot', 2,
-            '--query', 1, '--episodes', 5, '--out', tmp_path / 'eval.json')
+            '--query', 1, '--episodes', 5, '--out', tmp_path / 'eval')
     assert '5-way 2-shot, 5 episodes:' in r.stdout and '15 clip forwards' in r.stdout
-    res = json.loads((tmp_path / 'eval.json').read_text())
+    res = json.loads((tmp_path / 'eval' / 'results.json').read_text())
     assert res['accs'] == [1.0] * 5 and res['acc_mean'] == 1.0
