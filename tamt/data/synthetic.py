@@ -330,10 +330,12 @@ def _config(seed, scale, plan, classes_per_split) -> dict:
     return dict(version=VERSION, seed=int(seed), scale=float(scale), domains=list(plan), classes_per_split=classes_per_split)
 
 # %% ../../nbs/08_data.synthetic.ipynb #d96391ca
-def read_manifest(root) -> dict|None:
-    "The manifest of the built-in dataset at `root` (what `build_builtin` wrote last), or None where there is no readable one: the one reader of manifest.json."
+def read_manifest(root, required:bool=False) -> dict|None:
+    "The manifest of the built-in dataset at `root` (what `build_builtin` wrote last): the one reader of manifest.json. Where there is no readable one: None, or a `DataError` saying how to build one if `required`."
     try: m = json.loads((Path(root) / 'manifest.json').read_text())
-    except (OSError, ValueError): return None
+    except (OSError, ValueError): m = None
+    if not isinstance(m, dict) and required:
+        raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
     return m if isinstance(m, dict) else None
 
 def builtin_status(root, seed:int=0, scale:float=1.0, domains=None, classes_per_split:int|None=None) -> str|None:
@@ -421,9 +423,7 @@ def ensure_builtin(root=None) -> Path:
 # %% ../../nbs/08_data.synthetic.ipynb #a23f3361
 def builtin_summary(root=None) -> dict:
     "Per domain and split: number of classes and videos, shortest and longest video (frames), from the manifest."
-    root = Path(DEFAULT_ROOT if root is None else root)
-    m = read_manifest(root)
-    if m is None: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json); run tamt.data.synthetic.build_builtin()")
+    root = Path(DEFAULT_ROOT if root is None else root); m = read_manifest(root, required=True)
     out = {}
     for d, dm in m['domains'].items():
         for s, rel in dm['split_files'].items():
@@ -434,7 +434,5 @@ def builtin_summary(root=None) -> dict:
 
 def builtin_splits(root=None) -> dict:
     "{domain: {split: split file}} of the built-in dataset at `root` (default `DEFAULT_ROOT`), from its manifest."
-    root = Path(DEFAULT_ROOT if root is None else root)
-    m = read_manifest(root)
-    if m is None: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
+    root = Path(DEFAULT_ROOT if root is None else root); m = read_manifest(root, required=True)
     return {d: {s: root/rel for s, rel in dm['split_files'].items()} for d, dm in m['domains'].items()}

@@ -66,8 +66,7 @@ class HTTN(nn.Module):
     config_class = HTTNConfig
     def __init__(self, cfg:HTTNConfig|None=None, **kw):
         super().__init__()
-        cfg = (cfg or self.config_class()).update(**kw) if kw else (cfg or self.config_class())
-        self.cfg = cfg
+        self.cfg = cfg = (cfg or self.config_class()).update(**kw)          # a copy: the model owns its configuration
         self.backbone = VideoViT(cfg)
         for blk in self.backbone.blocks[cfg.depth - cfg.taa_blocks:]: blk.adapter = TAA(cfg)
         self.gtmt = GTMT(cfg) if cfg.use_gtmt else None

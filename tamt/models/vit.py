@@ -115,8 +115,7 @@ class VideoViT(nn.Module):
     config_class = ViTConfig
     def __init__(self, cfg:ViTConfig|None=None, **kw):
         super().__init__()
-        cfg = (cfg or self.config_class()).update(**kw) if kw else (cfg or self.config_class())
-        self.cfg = cfg
+        self.cfg = cfg = (cfg or self.config_class()).update(**kw)          # a copy: the model owns its configuration
         self.patch_embed = PatchEmbed3D(cfg)
         self.register_buffer('pos_embed', sinusoid_table(cfg.num_tokens, cfg.embed_dim), persistent=False)
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
