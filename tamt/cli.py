@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse, ast, json, sys, time
 from pathlib import Path
 from .core import read_yaml, TamtError, save_json
-from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS
+from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS, main_job, sweep_command
 from .data.video import BACKENDS, EXTRA_BACKENDS
 
 # %% auto #0
-__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'main_job', 'slurm_options', 'sweep_command', 'main']
+__all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'slurm_options', 'main']
 
 # %% ../nbs/99_cli.ipynb #98c7793d
 def summary_table(summary:dict) -> str:
@@ -67,15 +67,6 @@ def parse_params(pairs:list, files:list|None=None) -> dict:
         out[k.strip()] = parse_value(v)
     return out
 
-def main_job(out_dir='runs/main', params:dict|None=None, stream:bool=True, log=print) -> dict:
-    "The README's main job: `nbs/experiments/pipeline.ipynb` through papermill into `out_dir`, then the final results table."
-    from tamt.experiments import run_experiment, results_table
-    res = run_experiment('pipeline', out_dir, params, stream=stream)
-    out = Path(out_dir)
-    if not stream: log(results_table(res['rows']))     # a streamed run has just printed it
-    log(f"\nresults: {out/'results.csv'} (and .json), figure {out/'results.html'}, executed notebook {out/'pipeline.ipynb'}")
-    return res
-
 # %% ../nbs/99_cli.ipynb #e690b5f2
 def slurm_options(items:list|None=None, **flags) -> dict:
     "SLURM options from `--slurm KEY=VALUE` items (values as `-p`'s; a key that is not a SLURM option is an sbatch option, into `additional`) and flags."
@@ -86,24 +77,6 @@ def slurm_options(items:list|None=None, **flags) -> dict:
         if k in SLURM_KEYS: out[k] = parse_value(v)
         else: out.setdefault('additional', {})[k] = parse_value(v)
     return {**out, **{k: v for k, v in flags.items() if v is not None}}
-
-# %% ../nbs/99_cli.ipynb #6888ec49
-def sweep_command(grid, launcher:str|None=None, parallel:int|None=None, out=None, slurm:dict|None=None, wait:bool=True, log=print) -> int:
-    "`tamt sweep`: run the sweep file `grid` (`run_sweep`), print the table and the failed runs; 1 when a run failed."
-    from tamt.experiments import run_sweep, load_sweep, text_table
-    sw = load_sweep(grid)
-    try: rows = run_sweep(sw, parallel=parallel, out=out, launcher=launcher, slurm=slurm, wait=wait, log=log)
-    except KeyboardInterrupt: log('tamt sweep: interrupted; the same command again skips the complete runs'); return 130
-    root = Path(out or sw.out).resolve()
-    keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
-    keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
-    keep = list(dict.fromkeys(keep + ['seconds']))
-    fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
-    log('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
-    failed = [r for r in rows if r['status'] == 'failed']
-    for r in failed: log(f"failed: {r['run']}: {r['error']}")
-    log(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
-    return 1 if failed else 0
 
 # %% ../nbs/99_cli.ipynb #c9f25dcb
 def _params(q, what:str='a notebook parameter'):
@@ -240,11 +213,12 @@ def _load_source(source, data_root=None):
 def main(argv=None) -> int:
     "Entry point of the `tamt` console script: each subcommand's function (`_cmd_*`) runs with the parsed arguments."
     a = _parser().parse_args(argv)
-    try: return a.func(a) or 0
+    try: rc = a.func(a)                           # an exit status, or whatever the logic returns (then 0)
     except ExperimentFailed as e:
         print(f"tamt: the run failed: {e}", file=sys.stderr); return 1
     except (TamtError, FileNotFoundError) as e:
         print(f"tamt: error: {e}", file=sys.stderr); return 2
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 # %% ../nbs/99_cli.ipynb #68733f0b
 #| eval: false

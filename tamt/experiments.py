@@ -16,9 +16,9 @@ from .data.sources import builtin_root
 # %% auto #0
 __all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'LAUNCHERS', 'SLURM_KEYS', 'JOBS', 'experiment_notebooks', 'notebook_path',
            'source_params', 'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params',
-           'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name',
-           'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'result_scalars', 'collect', 'sweep_figure',
-           'sweep_executor', 'default_out', 'text_table', 'results_table']
+           'ExperimentFailed', 'is_complete', 'run_experiment', 'main_job', 'Sweep', 'load_sweep', 'expand_grid',
+           'run_name', 'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'result_scalars', 'collect',
+           'sweep_figure', 'sweep_executor', 'sweep_command', 'default_out', 'text_table', 'results_table']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
 def _experiments_dir() -> Path:
@@ -200,6 +200,15 @@ def run_experiment(notebook, out_dir, params:dict|None=None, *, kernel_name:str=
                                f"{out/nb.name}")
     res = json.loads((out/'results.json').read_text())
     save_json(dict(status='done', notebook=str(nb), params=p, seconds=secs, finished=time.strftime('%Y-%m-%d %H:%M:%S')), out/DONE)
+    return res
+
+# %% ../nbs/50_experiments.ipynb #ef871559
+def main_job(out_dir='runs/main', params:dict|None=None, stream:bool=True, log=print) -> dict:
+    "The README's main job: `nbs/experiments/pipeline.ipynb` through papermill into `out_dir`, then the final results table."
+    res = run_experiment('pipeline', out_dir, params, stream=stream)
+    out = Path(out_dir)
+    if not stream: log(results_table(res['rows']))     # a streamed run has just printed it
+    log(f"\nresults: {out/'results.csv'} (and .json), figure {out/'results.html'}, executed notebook {out/'pipeline.ipynb'}")
     return res
 
 # %% ../nbs/50_experiments.ipynb #2bcc0087
@@ -532,6 +541,23 @@ def _sweep_jobs(root:Path, todo:list, nb:Path, kernel_name:str, launcher:str, op
         if launcher == 'slurm': log(f"\ninterrupted; {len(jobs)} SLURM jobs go on: the same command again waits for them and collects the table")
         raise
     finally: bar.close()
+
+# %% ../nbs/50_experiments.ipynb #a4634f1c
+def sweep_command(grid, launcher:str|None=None, parallel:int|None=None, out=None, slurm:dict|None=None, wait:bool=True, log=print) -> int:
+    "`tamt sweep`: run the sweep file `grid` (`run_sweep`), print the table and the failed runs; 1 when a run failed."
+    sw = load_sweep(grid)
+    try: rows = run_sweep(sw, parallel=parallel, out=out, launcher=launcher, slurm=slurm, wait=wait, log=log)
+    except KeyboardInterrupt: log('tamt sweep: interrupted; the same command again skips the complete runs'); return 130
+    root = Path(out or sw.out).resolve()
+    keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
+    keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
+    keep = list(dict.fromkeys(keep + ['seconds']))
+    fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
+    log('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
+    failed = [r for r in rows if r['status'] == 'failed']
+    for r in failed: log(f"failed: {r['run']}: {r['error']}")
+    log(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
+    return 1 if failed else 0
 
 # %% ../nbs/50_experiments.ipynb #74b2d915
 def default_out(name:str) -> Path:
