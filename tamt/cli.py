@@ -91,12 +91,14 @@ def _out(q, what:str, default=None, required:bool=False):
 def _data_root(q, what:str="the built-in dataset's folder (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)"):
     q.add_argument('--data-root', default=None, help=what)
 
+# %% ../nbs/99_cli.ipynb #5c83422f
 def _cmd_main(sub):
     q = sub.add_parser('main', help="the main job: the built-in benchmark from the shipped source model, tuned and evaluated on both targets (= tamt run pipeline --out runs/main)")
     _out(q, 'the run (finished stages are reused when run again)', 'runs/main'); _params(q)
     q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
     q.set_defaults(func=lambda a: main_job(a.out, parse_params(a.param, a.params), stream=not a.quiet))
 
+# %% ../nbs/99_cli.ipynb #9e6a724c
 def _cmd_run(sub):
     q = sub.add_parser('run', help='run an experiment notebook through papermill: pretrain, finetune, evaluate, pipeline, or a .ipynb path')
     q.add_argument('notebook'); _out(q, 'the run (required unless --show)'); _params(q)
@@ -112,6 +114,7 @@ def _cmd_run(sub):
         print(f"run folder: {Path(a.out).resolve()}")
     q.set_defaults(func=run)
 
+# %% ../nbs/99_cli.ipynb #06573621
 def _cmd_sweep(sub):
     q = sub.add_parser('sweep', help='run an experiment notebook over a parameter grid (YAML) and collect one table')
     q.add_argument('grid', help='sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm')
@@ -129,6 +132,7 @@ def _cmd_sweep(sub):
     q.set_defaults(func=lambda a: sweep_command(a.grid, a.launcher, a.parallel, a.out, wait=not a.no_wait,
                                                 slurm=slurm_options(a.slurm, partition=a.partition, time=a.time, gpus=a.gpus, cpus=a.cpus, mem=a.mem)))
 
+# %% ../nbs/99_cli.ipynb #f37b3586
 def _cmd_pretrain(sub):
     q = sub.add_parser('pretrain', help='source pre-training: VideoMAE SSL, then supervised (runs under torchrun too)')
     q.add_argument('--preset', default='cpu_small', help="'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)")
@@ -142,6 +146,7 @@ def _cmd_pretrain(sub):
         print(json.dumps({k: v for k, v in res.items() if k != 'config'}, indent=1))
     q.set_defaults(func=run)
 
+# %% ../nbs/99_cli.ipynb #c6132ed2
 def _cmd_evaluate(sub):
     q = sub.add_parser('evaluate', help='N-way K-shot accuracy of a checkpoint on a split (released or tamt)')
     q.add_argument('checkpoint'); q.add_argument('split', help="a released split set and split ('hmdb51-molo/novel') or a split file")
@@ -159,6 +164,7 @@ def _cmd_evaluate(sub):
               f"({r['clip_forwards']} clip forwards, {r['seconds']} s)")
     q.set_defaults(func=run)
 
+# %% ../nbs/99_cli.ipynb #79368118
 def _cmd_data(sub):
     d = sub.add_parser('data', help='datasets').add_subparsers(dest='data_cmd', required=True)
     q = d.add_parser('episode', help='the data check: build the built-in dataset, summarise it, load one seeded episode')
@@ -197,6 +203,7 @@ def _cmd_data(sub):
         return 1 if bad else 0
     q.set_defaults(func=validate_cmd)
 
+# %% ../nbs/99_cli.ipynb #b217958b
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='tamt', description='tamt: cross-domain few-shot action recognition workbench')
     sub = p.add_subparsers(dest='cmd', required=True)
