@@ -116,6 +116,7 @@ def check_values(spec:dict, params:dict, where:str) -> dict:
                               f"accepted: {', '.join(spec)}")
     return {k: _check_value(k, v, spec[k]['types'], spec[k]['default'], where) for k, v in params.items()}
 
+# %% ../nbs/50_experiments.ipynb #1750b451
 def check_params(notebook, params:dict) -> dict:
     "`params` checked against the notebook's parameters (names and types) and made papermill-ready; raises `ConfigError`."
     path = notebook_path(notebook)
@@ -126,6 +127,7 @@ def check_params(notebook, params:dict) -> dict:
                                             f"notebook; use str, int, float, bool, None, lists and dicts of them") from None
     return check_values(notebook_params(path), out, path.name)
 
+# %% ../nbs/50_experiments.ipynb #de06b8bb
 def describe_params(notebook) -> str:
     "The notebook's parameters, one line each: name, type, default, help."
     spec = notebook_params(notebook)
@@ -231,6 +233,7 @@ def load_sweep(path) -> Sweep:
     try: return Sweep().update(**d)
     except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
 
+# %% ../nbs/50_experiments.ipynb #d90472ef
 def expand_grid(grid:dict) -> list[dict]:
     "Every combination of the grid's lists, the last key varying fastest."
     for k, v in grid.items():

@@ -1,9 +1,11 @@
 """A tiny training run for tests/test_tensorboard.py: a linear model on 40 random points, `fit` into the run folder OUT for
 STEPS steps (checkpoints every 5, a row per step), alone or under torchrun (DistributedDataParallel, gloo). With
---no-tensorboard-package the tensorboard package cannot be imported, as where it is not installed. Prints one JSON line.
+--no-tensorboard-package the tensorboard package cannot be imported, as where it is not installed. Prints one JSON line
+and writes it to OUT.rank<r>.json (under torchrun two processes' prints can share a line of the merged output).
 
     python tests/tb_tiny_run.py OUT STEPS [--no-tensorboard-package]"""
 import json, sys
+from pathlib import Path
 if '--no-tensorboard-package' in sys.argv: sys.modules['tensorboard'] = sys.modules['torch.utils.tensorboard'] = None
 import torch, torch.nn as nn
 import torch.distributed as dist
@@ -26,7 +28,8 @@ def main(out, steps):
     dl = DataLoader(Toy(), batch_sampler=EpochBatchSampler(40, 4, seed=1, rank=d.rank, world=d.world))
     fit(model, lambda m, b, s: (nn.functional.mse_loss(m(b[0]), b[1]), {}), dl, torch.optim.SGD(model.parameters(), lr=1e-2),
         total_steps=int(steps), run=RunDir(out, dict(lr=1e-2), main=d.main), ckpt_every=5, log_every=1, dist=d, progress=False)
-    print(json.dumps(dict(rank=d.rank, world=d.world, tensorboard_imported=sys.modules.get('tensorboard') is not None)))
+    line = json.dumps(dict(rank=d.rank, world=d.world, tensorboard_imported=sys.modules.get('tensorboard') is not None))
+    print(line); Path(f'{out}.rank{d.rank}.json').write_text(line)
     if d.world > 1: dist.destroy_process_group()
 
 

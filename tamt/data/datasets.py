@@ -129,6 +129,7 @@ class EpochSampler(Sampler):
         order = rng_for(self.seed, 'order', self.epoch).permutation(self.n) if self.shuffle else range(self.n)
         return iter([(self.epoch, int(i)) for i in list(order)[self.start:]])
 
+# %% ../../nbs/07_data.datasets.ipynb #a67559e5
 class EpochBatchSampler(Sampler):
     """This process's batches of `(epoch, i)`: the epoch's seeded order cut into global batches of
     `batch_size * world`, rank `rank` taking its `batch_size` slice of each; `set_epoch(e, start_batch)` moves on
@@ -150,6 +151,7 @@ class EpochBatchSampler(Sampler):
             mine = order[k * G:(k + 1) * G][self.rank * self.bs:(self.rank + 1) * self.bs]
             yield [(self.epoch, int(i)) for i in mine]
 
+# %% ../../nbs/07_data.datasets.ipynb #8dc17b49
 class EpisodeBatchSampler(Sampler):
     "One `[(epoch, i)]` batch per episode of an epoch, from episode `start_batch` on: the training loop's view of episodes."
     def __init__(self, n_episodes:int): self.n, self.epoch, self.start = n_episodes, 0, 0
@@ -166,11 +168,13 @@ def episode_train_loader(ds:EpisodeDataset, num_workers:int=0, pin_memory:bool=F
     return DataLoader(ds, batch_sampler=EpisodeBatchSampler(len(ds)), collate_fn=_only, num_workers=num_workers,
                       pin_memory=pin_memory, generator=torch.Generator(), **kw)
 
+# %% ../../nbs/07_data.datasets.ipynb #5e07a613
 def episode_loader(ds:EpisodeDataset, num_workers:int=0, epoch:int=0, pin_memory:bool=False, persistent_workers:bool=False, prefetch_factor:int|None=None) -> DataLoader:
     "A DataLoader over the episodes of `ds` (one episode per item, in order); `loader.sampler.set_epoch(e)` moves on."
     kw = dict(prefetch_factor=prefetch_factor or 2, persistent_workers=persistent_workers) if num_workers > 0 else {}
     return DataLoader(ds, batch_size=None, sampler=EpochSampler(len(ds), epoch=epoch), num_workers=num_workers, pin_memory=pin_memory, **kw)
 
+# %% ../../nbs/07_data.datasets.ipynb #4d94a453
 def clip_loader(ds:ClipDataset, batch_size:int, shuffle:bool=True, num_workers:int=0, seed:int=0, drop_last:bool=True,
                 pin_memory:bool=False, persistent_workers:bool=False, rank:int=0, world:int=1) -> DataLoader:
     "A DataLoader of `(clips, labels)` batches of `batch_size` per process over `ds`, seeded order per epoch; `loader.batch_sampler.set_epoch(e)` moves on."

@@ -25,6 +25,7 @@ def to_uint8(clip, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> np.n
     m, s = torch.tensor(mean).view(3, 1, 1, 1), torch.tensor(std).view(3, 1, 1, 1)
     return (x.float().cpu() * s + m).clamp(0, 1).mul(255).round().byte().permute(1, 2, 3, 0).numpy()
 
+# %% ../../nbs/09_data.show.ipynb #da5cf0a5
 def frame_strip(clip, every:int=1, gap:int=2) -> np.ndarray:
     "Frames of `clip` (every `every`-th) side by side, `gap` white pixels apart: (H, W', 3) uint8."
     f = to_uint8(clip)[::every]
@@ -33,6 +34,7 @@ def frame_strip(clip, every:int=1, gap:int=2) -> np.ndarray:
     for t in range(T): out[:, t * (W + gap):t * (W + gap) + W] = f[t]
     return out
 
+# %% ../../nbs/09_data.show.ipynb #05761028
 def strips_figure(strips:list[np.ndarray], labels:list[str], title:str='', gap:int=6, height_per_row:int=90) -> go.Figure:
     "Stack strips vertically with a label per row, as one plotly image."
     W = max(s.shape[1] for s in strips)
@@ -48,6 +50,7 @@ def strips_figure(strips:list[np.ndarray], labels:list[str], title:str='', gap:i
     fig.update_xaxes(visible=False)
     return fig
 
+# %% ../../nbs/09_data.show.ipynb #c4e62325
 def show_clip(clip, title:str='', every:int=1) -> go.Figure:
     "A clip as a frame strip."
     return strips_figure([frame_strip(clip, every)], [''], title)

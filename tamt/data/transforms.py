@@ -44,12 +44,14 @@ class Resize:
         return TF.resize(x, self.short_side, antialias=True)
     def __repr__(self): return f"Resize({self.short_side})"
 
+# %% ../../nbs/03_data.transforms.ipynb #36abb1ab
 class CenterCrop:
     "Central `size`×`size` crop."
     def __init__(self, size:int): self.size = size
     def __call__(self, x, rng=None): return TF.center_crop(x, [self.size, self.size])
     def __repr__(self): return f"CenterCrop({self.size})"
 
+# %% ../../nbs/03_data.transforms.ipynb #e5d95980
 class RandomResizedCrop:
     "One random box (area `scale`, aspect `ratio`) for all frames, resized to `size`×`size`."
     def __init__(self, size:int, scale=(0.08, 1.0), ratio=(3/4, 4/3)):
@@ -72,12 +74,14 @@ class RandomResizedCrop:
         return TF.resized_crop(x, t, l, ch, cw, [self.size, self.size], antialias=True)
     def __repr__(self): return f"RandomResizedCrop({self.size}, scale={self.scale}, ratio={tuple(round(r, 3) for r in self.ratio)})"
 
+# %% ../../nbs/03_data.transforms.ipynb #a1499c48
 class Flip:
     "Horizontal flip of all frames with probability `p`. Leave it out for direction-sensitive data (SSv2, built-in)."
     def __init__(self, p:float=0.5): self.p = p
     def __call__(self, x, rng): return TF.horizontal_flip(x) if rng.random() < self.p else x
     def __repr__(self): return f"Flip(p={self.p})"
 
+# %% ../../nbs/03_data.transforms.ipynb #be76320a
 class RandAugment:
     "RandAugment (`n` operations of magnitude `m`), the same operations for all frames of a clip (torchvision's tensor RandAugment)."
     def __init__(self, n:int=4, m:int=7):
@@ -87,6 +91,7 @@ class RandAugment:
         with seeded(_seed(rng)): return self.op(x)
     def __repr__(self): return f"RandAugment(n={self.n}, m={self.m})"
 
+# %% ../../nbs/03_data.transforms.ipynb #bcb311a9
 class Normalize:
     "uint8 (T, 3, H, W) → float32 (3, T, H, W), (x/255 - mean) / std."
     def __init__(self, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
@@ -96,6 +101,7 @@ class Normalize:
         return (x.permute(1, 0, 2, 3).float().div_(255) - self.mean).div_(self.std)
     def __repr__(self): return "Normalize(imagenet)"
 
+# %% ../../nbs/03_data.transforms.ipynb #671c62a4
 class RandomErase:
     "timm's RandomErasing ('pixel' mode) on a normalised (C, T, H, W) clip, each frame drawn independently as in VideoMAE."
     def __init__(self, p:float=0.25):

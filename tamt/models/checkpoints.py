@@ -197,6 +197,7 @@ def load_state(model:HTTN, state:dict, fmt:str|None=None, source:str='state dict
     model.load_state_dict(own, strict=True)
     return LoadReport(source, fmt, len(mapped), unused, new)
 
+# %% ../../nbs/15_models.checkpoints.ipynb #94704f25
 def load_model(path_or_name, verbose:bool=True, **overrides) -> HTTN:
     "An HTTN from a checkpoint file (released TAMT, VideoMAE, tamt `.pth` or `.safetensors`), a transformers VideoMAE folder or a registered name, with configuration `overrides`."
     p = Path(path_or_name)
@@ -224,6 +225,7 @@ def load_model(path_or_name, verbose:bool=True, **overrides) -> HTTN:
     if verbose: print(model.load_report)
     return model.eval()
 
+# %% ../../nbs/15_models.checkpoints.ipynb #36febc0e
 def save_checkpoint(model:HTTN, path, **extra) -> Path:
     "Save `model` as a tamt checkpoint (configuration + float32 state, plus `extra`), atomically: a `.safetensors` path gets tensors + JSON (no pickle), any other a torch file."
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -237,7 +239,6 @@ def save_checkpoint(model:HTTN, path, **extra) -> Path:
     data = save(state, metadata={'format': 'pt', 'tamt': info})
     with atomic_path(path) as tmp: Path(tmp).write_bytes(data)
     return Path(path)
-
 
 # %% ../../nbs/15_models.checkpoints.ipynb #4714f7dd
 def shipped_checkpoint(scheme:str='ssl_sl', seed:int=0, preset:str='cpu_small') -> Path:

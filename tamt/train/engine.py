@@ -219,6 +219,7 @@ def warmup_cosine(base_lr:float, total_steps:int, warmup_steps:int=0, min_lr:flo
 class NonFiniteLoss(TamtError, FloatingPointError):
     "The training loss became NaN or infinite."
 
+# %% ../../nbs/20_train.engine.ipynb #f2540fdb
 def amp_dtype(amp:str|None, device:torch.device):
     "The autocast dtype for `amp` ('auto', 'bf16', 'fp16', None/'fp32') on `device`."
     if amp in (None, 'fp32', 'none'): return None
@@ -228,6 +229,7 @@ def amp_dtype(amp:str|None, device:torch.device):
     if amp in ('fp16', 'float16'): return torch.float16
     raise ConfigError(f"amp={amp!r} is not one of 'auto', 'bf16', 'fp16', 'fp32'")
 
+# %% ../../nbs/20_train.engine.ipynb #d6a156f7
 def _rng_state(device):
     s = {'cpu': torch.random.get_rng_state()}
     if device.type == 'cuda': s['cuda'] = torch.cuda.get_rng_state(device)
