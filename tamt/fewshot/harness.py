@@ -16,7 +16,7 @@ from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, METHODS
 
 # %% auto #0
-__all__ = ['FIELDS', 'evaluate_checkpoint', 'tuning_seed', 'compare', 'write_table', 'seed_summary', 'benchmark_checks',
+__all__ = ['FIELDS', 'evaluate_checkpoint', 'tuning_seed', 'run_cell', 'write_table', 'seed_summary', 'benchmark_checks',
            'summary_figure']
 
 # %% ../../nbs/32_fewshot.harness.ipynb #b8a1453f
@@ -37,29 +37,23 @@ def tuning_seed(seed:int, repeat:int) -> int:
     "The tuning seed of repeat `repeat` of a cell of seed `seed`: the seed itself first, then 1000 · repeat + seed."
     return seed if repeat == 0 else 1000 * repeat + seed
 
-def compare(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, target:str='target', methods=('frozen', 'taa', 'gtmt', 'httn', 'full'),
-            shots=(1, 5), ft:FinetuneConfig|None=None, n_query:int=12, n_episodes:int=1000, seed:int=0, device='auto', progress:bool=True, repeats:int=1) -> list[dict]:
-    "Fine-tune and evaluate each method for each shot count (`repeats` tunings of each, the accuracy their mean); returns one row per (method, shot) and writes results.json / results.csv."
+def run_cell(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, target:str, method:str, n_shot:int, ft:FinetuneConfig|None=None,
+             n_query:int=12, n_episodes:int=1000, seed:int=0, device='auto', progress:bool=True, repeats:int=1) -> dict:
+    "One cell of a results table: `method` tuned at `n_shot` shots `repeats` times (the frozen baseline once), each tuning evaluated on the same seeded episodes of `novel`; the row's accuracy is their mean."
     ft = ft or FinetuneConfig()
-    bad = [m for m in methods if m not in METHODS]
-    if bad: raise ConfigError(f"unknown methods {bad}; known: {list(METHODS)}")
+    if method not in METHODS: raise ConfigError(f"unknown method {method!r}; known: {list(METHODS)}")
     if repeats < 1: raise ConfigError(f"repeats={repeats}: tune each method 1 or more times")
-    out = Path(out_dir); rows = []
-    for k in shots:
-        for m in methods:
-            t0, runs = time.time(), []
-            for i in range(1 if m == 'frozen' else repeats):         # the frozen model is the same every time
-                run = out/(f'{target}_{m}_{k}shot' + (f'_r{i}' if i else ''))
-                r = finetune(run, init, base, val, ft.update(method=m, n_shot=k, seed=tuning_seed(ft.seed, i), progress=progress))
-                e = evaluate(load_model(r['checkpoint'], verbose=False), novel, ft.n_way, k, n_query, n_episodes, seed, device=device,
-                             progress=False, out=run/'eval.json')
-                runs.append((r, e))
-            a = np.array([e['acc_mean'] for r, e in runs])
-            rows.append(dict(target=target, method=m, n_way=ft.n_way, n_shot=k, acc_mean=float(a.mean()), acc_ci95=float(np.mean([e['acc_ci95'] for r, e in runs])),
-                             tunings=len(runs), tune_std=float(a.std(ddof=1)) if len(runs) > 1 else None, tune_accs=a.tolist(), episodes=n_episodes,
-                             best_val=runs[0][0].get('best_val'), train_seconds=round(time.time() - t0, 1), checkpoint=runs[0][0]['checkpoint']))
-            write_table(rows, out)
-    return rows
+    t0, runs = time.time(), []
+    for i in range(1 if method == 'frozen' else repeats):            # the frozen model is the same every time
+        run = Path(out_dir)/(f'{target}_{method}_{n_shot}shot' + (f'_r{i}' if i else ''))
+        r = finetune(run, init, base, val, ft.update(method=method, n_shot=n_shot, seed=tuning_seed(ft.seed, i), progress=progress))
+        e = evaluate(load_model(r['checkpoint'], verbose=False), novel, ft.n_way, n_shot, n_query, n_episodes, seed, device=device,
+                     progress=False, out=run/'eval.json')
+        runs.append((r, e))
+    a = np.array([e['acc_mean'] for r, e in runs])
+    return dict(target=target, method=method, n_way=ft.n_way, n_shot=n_shot, acc_mean=float(a.mean()), acc_ci95=float(np.mean([e['acc_ci95'] for r, e in runs])),
+                tunings=len(runs), tune_std=float(a.std(ddof=1)) if len(runs) > 1 else None, tune_accs=a.tolist(), episodes=n_episodes,
+                best_val=runs[0][0].get('best_val'), train_seconds=round(time.time() - t0, 1), checkpoint=runs[0][0]['checkpoint'])
 
 def write_table(rows:list[dict], out_dir):
     "results.json and results.csv in `out_dir`."
