@@ -13,7 +13,7 @@ from ..core import TamtError
 from ..models.httn import HTTN
 from ..models.checkpoints import load_model
 from ..data.sources import VideoList
-from .base import Inspector, ClipSource, WIDTH
+from .base import Inspector, ClipSource, WIDTH, eval_intermediates
 
 # %% auto #0
 __all__ = ['no_adapters', 'taa_activations', 'AdapterInspector']
@@ -32,11 +32,9 @@ def taa_activations(model:HTTN, clips:torch.Tensor, blocks=None) -> dict:
     blocks = have if blocks is None else [int(b) for b in blocks]
     missing = [b for b in blocks if b not in have]
     if missing: raise TamtError(f"block {missing[0]} has no TAA adapter; this model's adapters are in blocks {have}")
-    T, was = model.cfg.t, model.training
+    T = model.cfg.t
     def per_frame(x): B, N, C = x.shape; return x.float().reshape(B, T, N // T, C).norm(dim=-1).mean(2).cpu()
-    model.eval()
-    try: _, inter = model.forward_intermediates(clips.to(next(model.parameters()).device), blocks=blocks)
-    finally: model.train(was)
+    inter = eval_intermediates(model, clips, blocks)
     return {i: dict(gamma=r['gamma'].float().cpu(), beta=r['beta'].float().cpu(), taa_norm=per_frame(r['adapter']), mlp_norm=per_frame(r['mlp']),
                     input_norm=per_frame(r['input'])) for i, r in inter['blocks'].items()}
 

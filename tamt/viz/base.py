@@ -14,7 +14,7 @@ from ..data.datasets import eval_view
 from ..data.reader import FrameReader
 
 # %% auto #0
-__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'ClipSource']
+__all__ = ['WIDTH', 'error_text', 'message_html', 'Inspector', 'ClipSource', 'eval_intermediates']
 
 # %% ../../nbs/40_viz.base.ipynb #4bf28b20
 _PLAIN = (TamtError, ValueError, IndexError, FileNotFoundError)
@@ -147,3 +147,11 @@ class ClipSource:
             idx = [key] if kind == 'video' else self.videos.by_class()[key][:self.max_per_class]
             self._cache[ck] = torch.stack([self._video(int(i), cfg) for i in idx])
         return self._cache[ck]
+
+# %% ../../nbs/40_viz.base.ipynb #7df0e9fe
+@torch.no_grad()
+def eval_intermediates(model, clips:torch.Tensor, blocks=None) -> dict:
+    "`model.forward_intermediates(clips, blocks=blocks)`'s intermediates, computed in evaluation mode on the model's device; the model's mode is restored."
+    was = model.training; model.eval()
+    try: return model.forward_intermediates(clips.to(next(model.parameters()).device), blocks=blocks)[1]
+    finally: model.train(was)

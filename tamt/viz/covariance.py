@@ -12,7 +12,7 @@ from ..core import TamtError
 from ..models.httn import HTTNConfig, HTTN
 from ..models.checkpoints import load_model
 from ..data.sources import VideoList
-from .base import Inspector, ClipSource, WIDTH
+from .base import Inspector, ClipSource, WIDTH, eval_intermediates
 
 # %% auto #0
 __all__ = ['no_gtmt', 'group_covariances', 'group_frames', 'frame_major', 'CovarianceInspector']
@@ -26,9 +26,7 @@ def no_gtmt(model:HTTN, name:str='model') -> TamtError:
 def group_covariances(model:HTTN, clips:torch.Tensor) -> dict:
     "ELSTC's covariances of normalised clips (B, 3, F, H, W): {'cov': before iSQRT, 'sqrt': after}, each (B, G, d, d) float32."
     if model.gtmt is None: raise no_gtmt(model)
-    was = model.training; model.eval()
-    try: _, inter = model.forward_intermediates(clips.to(next(model.parameters()).device), blocks=())
-    finally: model.train(was)
+    inter = eval_intermediates(model, clips, blocks=())
     return {k: inter[k].float().cpu() for k in ('cov', 'sqrt')}
 
 # %% ../../nbs/43_viz.covariance.ipynb #87bccfdc
