@@ -130,10 +130,14 @@ class VideoViT(nn.Module):
             raise ValueError(f"expected clips of shape (B, {c.in_chans}, {c.num_frames}, {c.img_size}, {c.img_size}) (B, channels, frames, height, width) for this model "
                              f"({self.cfg.num_frames} frames at {self.cfg.img_size} px), got {tuple(x.shape)}")
 
+    def embed_tokens(self, x:torch.Tensor) -> torch.Tensor:
+        "Clips (B, 3, F, H, W), checked → tokens (B, N, C) before the first block: tubelet embedding plus positions."
+        self.check_clips(x)
+        return self.patch_embed(x) + self.pos_embed.to(x.dtype)
+
     def forward_tokens(self, x:torch.Tensor, stop:int|None=None) -> torch.Tensor:
         "Clips (B, 3, F, H, W) → tokens (B, N, C) after the last block, or after the first `stop` blocks."
-        self.check_clips(x)
-        return self.forward_blocks(self.patch_embed(x) + self.pos_embed.to(x.dtype), 0, stop)
+        return self.forward_blocks(self.embed_tokens(x), 0, stop)
 
     def forward_blocks(self, tokens:torch.Tensor, start:int=0, stop:int|None=None) -> torch.Tensor:
         "Tokens (B, N, C) after the first `start` blocks → tokens after the first `stop` blocks (default: all)."
@@ -142,7 +146,7 @@ class VideoViT(nn.Module):
 
     def forward_intermediates(self, x:torch.Tensor, start:int=0, indices=None) -> tuple[torch.Tensor, dict]:
         "Tokens after the last block, and {i: `Block.forward_intermediates`' dict} for the blocks i in `indices` (default: all); `x` is clips, or tokens after the first `start` > 0 blocks."
-        if not start: self.check_clips(x); x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        if not start: x = self.embed_tokens(x)
         keep, out = range(len(self.blocks)) if indices is None else set(indices), {}
         for i, blk in enumerate(self.blocks[start:], start):
             if i in keep: x, out[i] = blk.forward_intermediates(x)
