@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, ast, json, sys, time
 from pathlib import Path
 from .core import read_yaml, TamtError, save_json
-from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS, main_job, sweep_command
+from .experiments import ExperimentFailed, LAUNCHERS, SLURM_KEYS, main_job, sweep_command, run_experiment
+from .experiments import describe_params, notebook_path, results_table, result_scalars, text_table
 from .data.video import BACKENDS, EXTRA_BACKENDS
 
 # %% auto #0
@@ -16,7 +17,6 @@ __all__ = ['summary_table', 'episode_check', 'parse_value', 'parse_params', 'slu
 # %% ../nbs/99_cli.ipynb #98c7793d
 def summary_table(summary:dict) -> str:
     "The built-in dataset's summary (`builtin_summary`) as a text table."
-    from tamt.experiments import text_table
     return text_table([dict(domain=d, split=s, **v) for d, sp in summary.items() for s, v in sp.items()])
 
 def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a', n_way:int=5, n_shot:int=1, n_query:int=2,
@@ -105,7 +105,6 @@ def _cmd_run(sub):
     q.add_argument('--show', action='store_true', help="list the notebook's parameters (type, default, help) and exit")
     q.add_argument('-q', '--quiet', action='store_true', help="do not echo the notebook's output")
     def run(a):
-        from tamt.experiments import run_experiment, describe_params, notebook_path, results_table, result_scalars
         if a.show: print(f"parameters of {notebook_path(a.notebook)}:\n{describe_params(a.notebook)}"); return 0
         if not a.out: raise TamtError("tamt run: give the run folder with --out (or --show to list the parameters)")
         res = run_experiment(a.notebook, a.out, parse_params(a.param, a.params), stream=not a.quiet)

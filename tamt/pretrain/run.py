@@ -82,9 +82,9 @@ class PretrainConfig(ConfigMixin):
     max_steps: int|None = None                      # stop each stage after this many steps (the schedule still spans all epochs)
 
     def model_config(self) -> HTTNConfig: return HTTNConfig().update(**self.model)
-    def sl_view(self) -> View:
-        "The supervised stage's training view: `train_view` of the model with this recipe's crop, flip, RandAugment, erasing, decoding size and frame cache."
-        return train_view(self.model_config(), FrameReader(short_side=self.decode_short_side, cache_dir=self.cache_dir), self.sl_crop_scale, self.flip, self.randaug, self.erase)
+    def sl_view(self, model_cfg) -> View:
+        "The supervised stage's training view for a model configured by `model_cfg`: `train_view` with this recipe's crop, flip, RandAugment, erasing, decoding size and frame cache."
+        return train_view(model_cfg, FrameReader(short_side=self.decode_short_side, cache_dir=self.cache_dir), self.sl_crop_scale, self.flip, self.randaug, self.erase)
 
 PRESETS = {
     'vit_s_112': PretrainConfig(model=dict(embed_dim=384, depth=12, num_heads=6, img_size=112, num_frames=16), stride=2),
@@ -190,7 +190,7 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     d = dist or init_distributed(cfg.device)
     mcfg = cfg.model_config(); compile_mode(cfg.compile)
     train, test = load_split(cfg.train_split, cfg.data_root), load_split(cfg.test_split, cfg.data_root)
-    view = cfg.sl_view()
+    view = cfg.sl_view(mcfg)
     ds = ClipDataset(train, *view, seed=cfg.seed)
     loader = clip_loader(ds, cfg.sl_batch, shuffle=True, num_workers=cfg.num_workers, seed=cfg.seed, rank=d.rank, world=d.world,
                          pin_memory=d.device.type == 'cuda', persistent_workers=cfg.num_workers > 0)
