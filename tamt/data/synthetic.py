@@ -334,9 +334,9 @@ def read_manifest(root, required:bool=False) -> dict|None:
     "The manifest of the built-in dataset at `root` (what `build_builtin` wrote last): the one reader of manifest.json. Where there is no readable one: None, or a `DataError` saying how to build one if `required`."
     try: m = json.loads((Path(root) / 'manifest.json').read_text())
     except (OSError, ValueError): m = None
-    if not isinstance(m, dict) and required:
-        raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
-    return m if isinstance(m, dict) else None
+    if isinstance(m, dict): return m
+    if required: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
+    return None
 
 def builtin_status(root, seed:int=0, scale:float=1.0, domains=None, classes_per_split:int|None=None) -> str|None:
     "None if `root` holds a complete build for this request, else the reason it does not."
