@@ -77,6 +77,7 @@ def eval_view(cfg, reader:FrameReader|None=None) -> View:
     "The deterministic view of a model configured by `cfg` (its `num_frames`, `img_size`): segment centres, resize and centre crop; frames decoded at short side `img_size` unless `reader` is given."
     return View(SegmentSampler(cfg.num_frames), eval_transform(cfg.img_size), reader or FrameReader(short_side=cfg.img_size))
 
+# %% ../../nbs/07_data.datasets.ipynb #11e69dfb
 def train_view(cfg, reader:FrameReader|None=None, scale=(0.08, 1.0), flip:bool=True, randaug=(4, 7), erase:float=0.25) -> View:
     "The augmented view a model configured by `cfg` trains on: a random frame per segment, random resized crop of area `scale`, `flip`, RandAugment `randaug` (n, m; None: off), random erasing `erase`."
     tf = train_transform(cfg.img_size, scale=tuple(scale), flip=flip, randaug=tuple(randaug) if randaug else None, erase=erase)
@@ -160,6 +161,7 @@ class EpisodeBatchSampler(Sampler):
     def __len__(self): return self.n - self.start
     def __iter__(self): return iter([[(self.epoch, i)] for i in range(self.start, self.n)])
 
+# %% ../../nbs/07_data.datasets.ipynb #db240c15
 def _only(batch): return batch[0]
 
 def episode_train_loader(ds:EpisodeDataset, num_workers:int=0, pin_memory:bool=False, persistent_workers:bool=False) -> DataLoader:

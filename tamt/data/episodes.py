@@ -24,6 +24,7 @@ class Episode:
     @property
     def query(self): return self.indices[:, self.n_shot:]
 
+# %% ../../nbs/06_data.episodes.ipynb #671f35a7
 class EpisodeSampler:
     "`n_episodes` seeded N-way K-shot Q-query episodes over `labels` (or a `VideoList`)."
     def __init__(self, labels, n_way:int=5, n_shot:int=1, n_query:int=12, n_episodes:int=1000, seed:int=0,

@@ -55,6 +55,7 @@ def show_clip(clip, title:str='', every:int=1) -> go.Figure:
     "A clip as a frame strip."
     return strips_figure([frame_strip(clip, every)], [''], title)
 
+# %% ../../nbs/09_data.show.ipynb #847d8477
 def show_episode(video, labels=None, class_names=None, n_shot:int=1, every:int=2, title:str='') -> go.Figure:
     "An episode (way, shot+query, C, T, H, W): one strip per clip, support rows first in each class."
     video = torch.as_tensor(video)

@@ -338,6 +338,7 @@ def read_manifest(root, required:bool=False) -> dict|None:
     if required: raise DataError(f"{root}: no built-in dataset here (no readable manifest.json). Build one with tamt.data.synthetic.build_builtin(root)")
     return None
 
+# %% ../../nbs/08_data.synthetic.ipynb #f6958440
 def builtin_status(root, seed:int=0, scale:float=1.0, domains=None, classes_per_split:int|None=None) -> str|None:
     "None if `root` holds a complete build for this request, else the reason it does not."
     m = read_manifest(root)
@@ -432,6 +433,7 @@ def builtin_summary(root=None) -> dict:
                                             frames_min=min(fr, default=0), frames_max=max(fr, default=0))
     return out
 
+# %% ../../nbs/08_data.synthetic.ipynb #5b18c691
 def builtin_splits(root=None) -> dict:
     "{domain: {split: split file}} of the built-in dataset at `root` (default `DEFAULT_ROOT`), from its manifest."
     root = Path(DEFAULT_ROOT if root is None else root); m = read_manifest(root, required=True)

@@ -27,6 +27,7 @@ def seeded(seed:int):
 
 def _seed(rng) -> int: return int(rng.integers(0, 2**31 - 1))
 
+# %% ../../nbs/03_data.transforms.ipynb #c444ed56
 def to_clip_tensor(frames) -> torch.Tensor:
     "(T, H, W, 3) uint8 frames (NumPy or torch) → (T, 3, H, W) uint8 tensor."
     x = torch.as_tensor(frames)
@@ -121,6 +122,7 @@ class Compose:
         return x
     def __repr__(self): return 'Compose([' + ', '.join(map(repr, self.steps)) + '])'
 
+# %% ../../nbs/03_data.transforms.ipynb #e195dca8
 def train_transform(size:int=112, scale=(0.08, 1.0), flip:bool=True, randaug:tuple|None=(4, 7), erase:float=0.25) -> Compose:
     "Training view: random resized crop shared by all frames, optional flip, RandAugment (n, m) and random erasing."
     steps = [RandomResizedCrop(size, scale)]
@@ -130,6 +132,7 @@ def train_transform(size:int=112, scale=(0.08, 1.0), flip:bool=True, randaug:tup
     if erase: steps.append(RandomErase(erase))
     return Compose(steps)
 
+# %% ../../nbs/03_data.transforms.ipynb #cd930bba
 def eval_transform(size:int=112, resize:int|None=None) -> Compose:
     "Deterministic view: shorter side to `resize` (default `size`), central crop, normalise."
     return Compose([Resize(resize or size), CenterCrop(size), Normalize()])

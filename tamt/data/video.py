@@ -264,15 +264,16 @@ def open_video(path, backend:str='auto', short_side:int|None=None):
     if backend == 'decord': return DecordVideo(path, short_side)
     return PyAVVideo(path, short_side)
 
+# %% ../../nbs/01_data.video.ipynb #a43082c9
 def read_frames(path, indices:Sequence[int], backend:str='auto', short_side:int|None=None) -> np.ndarray:
     "Frames `indices` of `path` as a (len(indices), H, W, 3) uint8 RGB array."
     with open_video(path, backend, short_side) as v: return v.get(indices)
 
+# %% ../../nbs/01_data.video.ipynb #1719a487
 def video_info(path, backend:str='auto') -> dict:
     "Number of frames, frame rate and native (height, width) of `path`."
     h, w = _probe_size(_check_file(path))
     with open_video(path, backend) as v: return dict(num_frames=v.num_frames, fps=v.fps, height=h, width=w)
-
 
 # %% ../../nbs/01_data.video.ipynb #7f162403
 def write_video(path, frames:np.ndarray, fps:float=15, codec:str='libx264', crf:int=18):

@@ -25,6 +25,7 @@ def ci95(accs) -> float:
     a = np.asarray(accs, dtype=np.float64)
     return float(1.96 * a.std() / math.sqrt(len(a))) if len(a) else float('nan')
 
+# %% ../../nbs/30_fewshot.evaluate.ipynb #64519268
 def episode_accuracy(z:torch.Tensor, n_shot:int, metric:str='released') -> float:
     "Accuracy of one episode from its representations z (way, n_shot + Q, C) under `metric` (see `prototype_scores`), queries in class order."
     way, n = z.shape[:2]
@@ -32,6 +33,7 @@ def episode_accuracy(z:torch.Tensor, n_shot:int, metric:str='released') -> float
     labels = torch.arange(way, device=z.device).repeat_interleave(n - n_shot)
     return (scores.argmax(1) == labels).float().mean().item()
 
+# %% ../../nbs/30_fewshot.evaluate.ipynb #198184de
 def episode_accuracies(z:torch.Tensor, sampler:EpisodeSampler, progress:bool=False, metric:str='released') -> np.ndarray:
     "Accuracy of every episode of `sampler`, from representations `z` (one row per video of its list)."
     out = np.empty(len(sampler))

@@ -90,6 +90,7 @@ def cosine_per_epoch(lr:float, t_max:int, eta_min:float, per_epoch:int):
     "step -> lr of torch's CosineAnnealingLR stepped once per epoch (the released schedule)."
     return lambda step: eta_min + (lr - eta_min) * (1 + math.cos(math.pi * (step // per_epoch) / t_max)) / 2
 
+# %% ../../nbs/31_fewshot.finetune.ipynb #6818afd2
 def finetune(out_dir, init, base:VideoList, val:VideoList|None, cfg:FinetuneConfig|None=None) -> dict:
     "Episodic fine-tuning from checkpoint `init` on `base` classes, validated on `val`; returns val accuracy per epoch and the checkpoints."
     cfg = cfg or FinetuneConfig()
@@ -202,6 +203,7 @@ class ViewBank:
 
     def __repr__(self): return f"ViewBank({len(self.videos)} videos x {self.views} views after {self.start} blocks, {self.gib:.3f} GiB)"
 
+# %% ../../nbs/31_fewshot.finetune.ipynb #8ad5248f
 class BankEpisodes(Dataset):
     "Episode `(epoch, i)` of `sampler` from a `ViewBank` as `(tokens, labels)`: tokens (way, shot+query, N, C), one stored view per clip, drawn from `seed`, the epoch and `i`."
     def __init__(self, bank:ViewBank, sampler:EpisodeSampler, seed:int=0):

@@ -56,6 +56,7 @@ def detect_format(state:dict, source:str='state dict') -> str:
                     "tamt loads released TAMT checkpoints (feature.*, head2.*), VideoMAE ones (blocks.*, encoder.*), "
                     "transformers VideoMAE ones (videomae.*, encoder.layer.*) and its own")
 
+# %% ../../nbs/15_models.checkpoints.ipynb #469a1574
 def _strip_module(state:dict) -> dict:
     return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
 
@@ -149,6 +150,11 @@ def read_checkpoint(path) -> tuple[dict, dict|None, dict]:
     return state, info['config'], info.get('extra', {})
 
 # %% ../../nbs/15_models.checkpoints.ipynb #b14b6de9
+def _summ(keys, n=4):
+    "Key patterns, block numbers folded: 'blocks.*.norm3.weight'."
+    pats = list(dict.fromkeys(re.sub(r'\.\d+\.', '.*.', k) for k in keys))
+    return pats[:n] + ([f'... {len(pats) - n} more'] if len(pats) > n else [])
+
 @dataclass
 class LoadReport:
     "What a checkpoint load did."
@@ -163,11 +169,7 @@ class LoadReport:
         if self.new: s += f"; {len(self.new)} keys new to this format, initialised ({', '.join(_summ(self.new))})"
         return s
 
-def _summ(keys, n=4):
-    "Key patterns, block numbers folded: 'blocks.*.norm3.weight'."
-    pats = list(dict.fromkeys(re.sub(r'\.\d+\.', '.*.', k) for k in keys))
-    return pats[:n] + ([f'... {len(pats) - n} more'] if len(pats) > n else [])
-
+# %% ../../nbs/15_models.checkpoints.ipynb #ada01635
 def load_state(model:HTTN, state:dict, fmt:str|None=None, source:str='state dict',
                hint:str="Build the model from the file with tamt.load_model(path), or fix the overrides") -> LoadReport:
     "Map `state` onto `model` and load it strictly; mismatches raise an error listing keys and shapes, ending with `hint`."

@@ -15,6 +15,7 @@ __all__ = ['NonFiniteError', 'check_finite', 'float32_region', 'covariance', 'is
 class NonFiniteError(TamtError, FloatingPointError):
     "A NaN or infinity appeared in a model layer."
 
+# %% ../../nbs/12_models.covariance.ipynb #a6521e90
 def check_finite(x:torch.Tensor, where:str) -> torch.Tensor:
     "Raise `NonFiniteError` naming `where` if `x` holds a NaN or infinity (not inside a CUDA graph capture, where the host cannot read `x`)."
     if x.is_cuda and torch.cuda.is_current_stream_capturing(): return x      # a captured step: the training loop's loss check stands in
@@ -24,6 +25,7 @@ def check_finite(x:torch.Tensor, where:str) -> torch.Tensor:
                              "Check the input clips and the learning rate; the covariance path runs in float32")
     return x
 
+# %% ../../nbs/12_models.covariance.ipynb #f24dd6b3
 @contextlib.contextmanager
 def float32_region(x:torch.Tensor):
     "Switch autocast off for the block on `x`'s device type."

@@ -14,8 +14,8 @@ from timm.models import register_model
 from ..core import ConfigError, ConfigMixin
 
 # %% auto #0
-__all__ = ['VIT_SMALL', 'VIT_BASE', 'ViTConfig', 'sinusoid_table', 'PatchEmbed3D', 'Attention', 'Block', 'VideoViT',
-           'init_weights', 'build_model', 'tamt_vit_small_patch16_112', 'tamt_vit_small_patch16_224',
+__all__ = ['VIT_SMALL', 'VIT_BASE', 'ViTConfig', 'sinusoid_table', 'PatchEmbed3D', 'Attention', 'Block', 'init_weights',
+           'VideoViT', 'build_model', 'tamt_vit_small_patch16_112', 'tamt_vit_small_patch16_224',
            'tamt_vit_base_patch16_112', 'tamt_vit_base_patch16_224']
 
 # %% ../../nbs/10_models.vit.ipynb #4abcc52d
@@ -67,6 +67,7 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(cfg.in_chans, cfg.embed_dim, kernel_size=k, stride=k)
     def forward(self, x): return self.proj(x).flatten(2).transpose(1, 2)
 
+# %% ../../nbs/10_models.vit.ipynb #b84b186b
 class Attention(nn.Module):
     "Multi-head self-attention with VideoMAE's q/v biases, computed by `F.scaled_dot_product_attention`."
     def __init__(self, dim:int, num_heads:int):
@@ -108,6 +109,15 @@ class Block(nn.Module):
         return x, out
 
     def forward(self, x:torch.Tensor) -> torch.Tensor: return self.forward_intermediates(x)[0]
+
+# %% ../../nbs/10_models.vit.ipynb #71a314be
+def init_weights(m:nn.Module):
+    "VideoMAE's initialisation of a ViT's modules: truncated-normal Linear weights (std 0.02) with zero biases, LayerNorm 1/0."
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None: nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
 # %% ../../nbs/10_models.vit.ipynb #fe10ffab
 class VideoViT(nn.Module):
@@ -159,14 +169,6 @@ class VideoViT(nn.Module):
 
     def forward(self, x): return self.pool(self.forward_tokens(x))
 
-def init_weights(m:nn.Module):
-    "VideoMAE's initialisation of a ViT's modules: truncated-normal Linear weights (std 0.02) with zero biases, LayerNorm 1/0."
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=.02)
-        if m.bias is not None: nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
-
 # %% ../../nbs/10_models.vit.ipynb #9afc2ce1
 def build_model(model_cls, pretrained:bool=False, **kw) -> nn.Module:
     "A `model_cls` (`VideoViT`, `tamt.models.httn.HTTN`) built from configuration keywords `kw` (its `config_class`; timm's own keywords are dropped): the one factory behind the registered names."
@@ -174,6 +176,7 @@ def build_model(model_cls, pretrained:bool=False, **kw) -> nn.Module:
     kw = {k: v for k, v in kw.items() if k not in ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')}
     return model_cls(model_cls.config_class.from_dict(kw))
 
+# %% ../../nbs/10_models.vit.ipynb #9ebb3aaa
 VIT_SMALL = dict(embed_dim=384, depth=12, num_heads=6)
 VIT_BASE = dict(embed_dim=768, depth=12, num_heads=12)
 

@@ -30,6 +30,7 @@ class Dist:
     @property
     def main(self) -> bool: return self.rank == 0
 
+# %% ../../nbs/20_train.engine.ipynb #0dd529ef
 def init_distributed(device='auto') -> Dist:
     "Start the process group if launched by torchrun (several processes); pick this process's device."
     world, rank, local = int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
@@ -39,9 +40,11 @@ def init_distributed(device='auto') -> Dist:
         dist.init_process_group('nccl' if dev.type == 'cuda' else 'gloo')
     return Dist(rank, world, local, dev)
 
+# %% ../../nbs/20_train.engine.ipynb #7bc0b315
 def barrier(d:Dist):
     if d.world > 1: dist.barrier()
 
+# %% ../../nbs/20_train.engine.ipynb #1393d865
 def unwrap(model:nn.Module) -> nn.Module:
     "The model inside a DistributedDataParallel wrapper."
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -330,6 +333,7 @@ def compile_mode(compile) -> str|None:
     if compile not in COMPILE_MODES: raise ConfigError(f"compile={compile!r}: use False, True or one of {COMPILE_MODES}")
     return compile
 
+# %% ../../nbs/20_train.engine.ipynb #9282cea5
 def maybe_compile(model:nn.Module, compile) -> nn.Module:
     "`model` through `torch.compile` in the mode `compile` asks for, or `model` itself."
     mode = compile_mode(compile)

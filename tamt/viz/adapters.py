@@ -24,6 +24,7 @@ def no_adapters(model:HTTN, name:str='this model') -> TamtError:
     return TamtError(f"{name} has no TAA adapters (taa_blocks={c.taa_blocks} of {c.depth} blocks): there is no γ or β to inspect. "
                      "Load a model with adapters, e.g. an 'httn' or 'taa' fine-tuning checkpoint")
 
+# %% ../../nbs/42_viz.adapters.ipynb #a7e19a31
 @torch.no_grad()
 def taa_activations(model:HTTN, clips:torch.Tensor, blocks=None) -> dict:
     "For each TAA block (default: all) and normalised clips (B, 3, F, H, W): gamma, beta (B, C, T) and mean token norms per frame (B, T) of TAA(u), MLP(u) and the block input."

@@ -25,6 +25,7 @@ def error_text(e:BaseException) -> str:
     s = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return s if isinstance(e, _PLAIN) and s else f"{type(e).__name__}: {s}"
 
+# %% ../../nbs/40_viz.base.ipynb #01b2750a
 def message_html(text:str, kind:str='info') -> str:
     "An HTML box for a message: 'error' (red, with a warning sign) or 'info' (grey)."
     if not text: return ''
@@ -33,6 +34,7 @@ def message_html(text:str, kind:str='info') -> str:
     return (f'<div class="tamt-message tamt-{kind}" style="color:{col};background:{bg};padding:6px 10px;'
             f'border-radius:4px;line-height:1.4;white-space:normal">{sign}{body}</div>')
 
+# %% ../../nbs/40_viz.base.ipynb #06229d27
 class Inspector:
     "Base of the inspection widgets: named `controls`, plotly `figures`, and a message area shown in place of the figures when something is wrong."
     title, css = '', 'tamt-inspector'

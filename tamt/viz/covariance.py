@@ -22,6 +22,7 @@ def no_gtmt(model:HTTN, name:str='model') -> TamtError:
     return TamtError(f"{name} has no GTMT head (use_gtmt={model.cfg.use_gtmt}): it computes no ELSTC covariances. "
                      "Load a model with the head, e.g. an 'httn' or 'gtmt' fine-tuning checkpoint")
 
+# %% ../../nbs/43_viz.covariance.ipynb #2f5d8068
 @torch.no_grad()
 def group_covariances(model:HTTN, clips:torch.Tensor) -> dict:
     "ELSTC's covariances of normalised clips (B, 3, F, H, W): {'cov': before iSQRT, 'sqrt': after}, each (B, G, d, d) float32."
@@ -34,6 +35,7 @@ def group_frames(cfg:HTTNConfig, g:int) -> list[int]:
     "The token frames of ELSTC group `g`: g, g+G, g+2G, ..."
     return list(range(g, cfg.t, cfg.groups))
 
+# %% ../../nbs/43_viz.covariance.ipynb #20214b71
 def frame_major(cfg:HTTNConfig) -> torch.Tensor:
     "Permutation p such that `cov[p][:, p]` lists a group's sample frame by frame (entry j·c + ch) rather than channel-major (ch·n + j)."
     c, n = cfg.elstc_dims[1], cfg.t // cfg.groups

@@ -32,6 +32,7 @@ def find_runs(root, max_depth:int=4) -> list[Path]:
         level = nxt
     return sorted(out)
 
+# %% ../../nbs/44_viz.runs.ipynb #c1557ffb
 def panels(keys) -> dict:
     "Which logged keys go in which panel: loss, accuracy, learning rate."
     keys = list(dict.fromkeys(keys))
