@@ -109,75 +109,128 @@ def _coverage(shape:str, cx, cy, ang, r):
 # %% ../../nbs/08_data.synthetic.ipynb #48187b25
 def _smooth(x): x = np.clip(x, 0, 1); return x * x * (3 - 2 * x)
 
+def _span(d:str, rng, lo=0.5, hi=0.62) -> np.ndarray:
+    "A displacement in screen direction `d` (a `DIRECTIONS` key) of a drawn fraction in [lo, hi) of the frame."
+    dx, dy = DIRECTIONS[d]; return np.array([dx, dy], np.float32) * rng.uniform(lo, hi) * SIZE
+
+# One function per family: `f(m, arg, u, rng)` fills the arrays of the motion `m` (see `_motion`) for the class
+# whose name is the family's key followed by `arg` (the direction, sense, axis, ...).
+def _move(m, arg, u, rng): m['off'][0] = u[:, None] * _span(arg, rng)
+def _accelerate(m, arg, u, rng): m['off'][0] = (u**2)[:, None] * _span(arg, rng)
+def _decelerate(m, arg, u, rng): m['off'][0] = (1 - (1 - u)**2)[:, None] * _span(arg, rng)
+def _go_and_return(m, arg, u, rng): m['off'][0] = (0.5 - 0.5 * np.cos(2*np.pi*u))[:, None] * _span(arg, rng)
+
+def _stop_and_go(m, arg, u, rng):
+    a, b = rng.uniform(0.3, 0.38), rng.uniform(0.62, 0.7)
+    m['off'][0] = np.interp(u, [0, a, b, 1], [0, 0.5, 0.5, 1])[:, None] * _span(arg, rng)
+
+def _jump(m, arg, u, rng):
+    off = m['off']; off[0, :, 0] = u * _span(arg, rng)[0]; off[0, :, 1] = -4 * rng.uniform(0.3, 0.4) * SIZE * u * (1 - u)
+
+def _zigzag(m, arg, u, rng):
+    k = rng.uniform(2.5, 3.5); tri = 2 * np.abs(k * u - np.floor(k * u + 0.5))
+    off = m['off']; off[0, :, 0] = u * _span(arg, rng)[0]; off[0, :, 1] = (tri - 0.5) * rng.uniform(0.3, 0.4) * SIZE
+
+def _turn(m, arg, u, rng):
+    first, second = arg.split('_then_'); k = rng.uniform(0.45, 0.55)
+    m['off'][0] = np.clip(u / k, 0, 1)[:, None] * _span(first, rng, 0.4, 0.5) + np.clip((u - k) / (1 - k), 0, 1)[:, None] * _span(second, rng, 0.4, 0.5)
+
+def _oscillate(m, arg, u, rng):
+    axis, speed = arg.split('_'); f = rng.uniform(1.0, 1.4) if speed == 'slow' else rng.uniform(2.8, 3.4)
+    amp = rng.uniform(0.2, 0.26) * SIZE
+    m['off'][0, :, 0 if axis == 'horizontal' else 1] = amp * np.sin(2*np.pi*(f * u) + rng.uniform(0, 2*np.pi))
+
+def _bounce(m, arg, u, rng):
+    n = rng.uniform(2.5, 3.5); m['off'][0, :, 1] = -rng.uniform(0.4, 0.5) * SIZE * np.abs(np.sin(np.pi * n * u + rng.uniform(0, 0.5)))
+
+def _fall(m, u, rng, sign:int):
+    "`drop` (sign 1: down) or `rise` (-1: up): a one-off accelerating move that stops."
+    u0 = rng.uniform(0.45, 0.65); m['off'][0, :, 1] = sign * rng.uniform(0.5, 0.6) * SIZE * np.minimum(u / u0, 1)**2
+
+def _drop(m, arg, u, rng): _fall(m, u, rng, 1)
+def _rise(m, arg, u, rng): _fall(m, u, rng, -1)
+def _shake(m, arg, u, rng): m['off'][0] = rng.normal(0, 0.04 * SIZE, (len(u), 2))
+
+def _rotate(m, arg, u, rng):
+    sense = 1 if arg.startswith('cw') else -1
+    m['ang'][0] = sense * np.deg2rad(rng.uniform(390, 450) if arg.endswith('fast') else rng.uniform(150, 210)) * u
+
+def _orbit(m, arg, u, rng):
+    sense = 1 if arg.startswith('cw') else -1; turns = rng.uniform(1.6, 1.9) if arg.endswith('fast') else rng.uniform(0.75, 0.95)
+    R, ph = rng.uniform(0.22, 0.28) * SIZE, rng.uniform(0, 2*np.pi)
+    a = ph + sense * 2*np.pi * turns * u; m['off'][0] = np.stack([R * np.cos(a), R * np.sin(a)], -1)
+
+def _spin_move(m, arg, u, rng):
+    d, s = arg.rsplit('_', 1)
+    m['off'][0] = u[:, None] * _span(d, rng, 0.45, 0.55); m['ang'][0] = (1 if s == 'cw' else -1) * np.deg2rad(rng.uniform(330, 390)) * u
+
+def _grow(m, arg, u, rng): m['scl'][0] = np.interp(u, [0, 1], [0.55, 1.45])
+def _shrink(m, arg, u, rng): m['scl'][0] = np.interp(u, [0, 1], [1.45, 0.55])
+def _grow_then_shrink(m, arg, u, rng): m['scl'][0] = 0.55 + 0.9 * np.sin(np.pi * u)
+def _shrink_then_grow(m, arg, u, rng): m['scl'][0] = 1.45 - 0.9 * np.sin(np.pi * u)
+def _pulse(m, arg, u, rng): m['scl'][0] = 1 + 0.4 * np.sin(2*np.pi*(rng.uniform(2.0, 2.7) * u) + rng.uniform(0, 2*np.pi))
+
+def _fade(m, u, rng, appear:bool):
+    "`appear` or `vanish`: a smooth change of visibility at a drawn time."
+    a = rng.uniform(0.25, 0.45); v = _smooth((u - a) / 0.25); m['vis'][0] = v if appear else 1 - v
+
+def _appear(m, arg, u, rng): _fade(m, u, rng, True)
+def _vanish(m, arg, u, rng): _fade(m, u, rng, False)
+
+def _blink(m, arg, u, rng):
+    f, ph = rng.uniform(2.5, 3.2), rng.uniform(0, 1); m['vis'][0] = ((f * u + ph) % 1 < 0.5).astype(float)
+
+def _pair(m, arg) -> int:
+    "Both objects act (no distractor); the axis the pair lies along: 0 horizontal, 1 vertical."
+    m['single'] = False
+    return 0 if arg.endswith(('horizontal', 'left_then_right', 'right_then_left')) else 1
+
+def _flash(m, arg, u, rng):
+    axis = _pair(m, arg); off, fl = m['off'], m['flash']
+    first = 0 if arg.startswith(('left', 'top')) else 1
+    sep = rng.uniform(0.4, 0.5) * SIZE
+    off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
+    off[:, :, 1 - axis] += rng.uniform(-0.06, 0.06, (2, 1)) * SIZE
+    for k, c in ((first, rng.uniform(0.2, 0.33)), (1 - first, rng.uniform(0.67, 0.8))):
+        fl[k] = np.clip((0.14 - np.abs(u - c)) / 0.05, 0, 1)
+
+def _gap(m, arg, u, rng, closing:bool):
+    "`approach` (`closing`) or `separate`: the distance between the two objects shrinks or grows linearly."
+    axis = _pair(m, arg); off = m['off']
+    far, near = rng.uniform(0.6, 0.7) * SIZE, rng.uniform(0.22, 0.28) * SIZE
+    sep = (far + (near - far) * u) if closing else (near + (far - near) * u)
+    off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
+
+def _approach(m, arg, u, rng): _gap(m, arg, u, rng, True)
+def _separate(m, arg, u, rng): _gap(m, arg, u, rng, False)
+
+def _swap(m, arg, u, rng):
+    axis = _pair(m, arg); off = m['off']
+    sep, lift, s = rng.uniform(0.45, 0.55) * SIZE, rng.uniform(0.15, 0.22) * SIZE, rng.choice([-1, 1])
+    off[0, :, axis], off[0, :, 1 - axis] = -sep / 2 * np.cos(np.pi * u), s * lift * np.sin(np.pi * u)
+    off[1] = -off[0]
+
+_MOTION_FAMILIES = {   # a whole class name, or a prefix (ending in '_') followed by the family's argument
+    'move_': _move, 'accelerate_': _accelerate, 'decelerate_': _decelerate, 'go_and_return_': _go_and_return,
+    'stop_and_go_': _stop_and_go, 'jump_': _jump, 'zigzag_': _zigzag, 'turn_': _turn, 'oscillate_': _oscillate,
+    'bounce': _bounce, 'drop': _drop, 'rise': _rise, 'shake': _shake,
+    'rotate_': _rotate, 'orbit_': _orbit, 'spin_move_': _spin_move,
+    'grow': _grow, 'shrink': _shrink, 'grow_then_shrink': _grow_then_shrink, 'shrink_then_grow': _shrink_then_grow,
+    'pulse': _pulse, 'appear': _appear, 'vanish': _vanish, 'blink': _blink,
+    'flash_': _flash, 'approach_': _approach, 'separate_': _separate, 'swap_': _swap,
+}
+
 def _motion(name:str, u:np.ndarray, rng:np.random.Generator) -> dict:
-    T = len(u); L = SIZE
-    off = np.zeros((2, T, 2), np.float32); ang, scl, vis, fl = np.zeros((2, T)), np.ones((2, T)), np.ones((2, T)), np.zeros((2, T))
-    single = True
-    def span(d, lo=0.5, hi=0.62):
-        dx, dy = DIRECTIONS[d]; return np.array([dx, dy], np.float32) * rng.uniform(lo, hi) * L
-    fam, _, arg = name.partition('_')
-    if name.startswith('go_and_return_'): off[0] = (0.5 - 0.5 * np.cos(2*np.pi*u))[:, None] * span(name[14:])
-    elif name.startswith('stop_and_go_'):
-        a, b = rng.uniform(0.3, 0.38), rng.uniform(0.62, 0.7)
-        off[0] = np.interp(u, [0, a, b, 1], [0, 0.5, 0.5, 1])[:, None] * span(name[12:])
-    elif name.startswith('spin_move_'):
-        d, s = name[10:].rsplit('_', 1)
-        off[0] = u[:, None] * span(d, 0.45, 0.55); ang[0] = (1 if s == 'cw' else -1) * np.deg2rad(rng.uniform(330, 390)) * u
-    elif fam == 'move': off[0] = u[:, None] * span(arg)
-    elif fam == 'accelerate': off[0] = (u**2)[:, None] * span(arg)
-    elif fam == 'decelerate': off[0] = (1 - (1 - u)**2)[:, None] * span(arg)
-    elif fam == 'jump':
-        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = -4 * rng.uniform(0.3, 0.4) * L * u * (1 - u)
-    elif fam == 'zigzag':
-        k = rng.uniform(2.5, 3.5); tri = 2 * np.abs(k * u - np.floor(k * u + 0.5))
-        off[0, :, 0] = u * span(arg)[0]; off[0, :, 1] = (tri - 0.5) * rng.uniform(0.3, 0.4) * L
-    elif fam == 'turn':
-        first, second = arg.split('_then_'); m = rng.uniform(0.45, 0.55)
-        off[0] = np.clip(u / m, 0, 1)[:, None] * span(first, 0.4, 0.5) + np.clip((u - m) / (1 - m), 0, 1)[:, None] * span(second, 0.4, 0.5)
-    elif fam == 'oscillate':
-        axis, speed = arg.split('_'); f = rng.uniform(1.0, 1.4) if speed == 'slow' else rng.uniform(2.8, 3.4)
-        amp = rng.uniform(0.2, 0.26) * L
-        off[0, :, 0 if axis == 'horizontal' else 1] = amp * np.sin(2*np.pi*(f * u) + rng.uniform(0, 2*np.pi))
-    elif name == 'bounce':
-        n = rng.uniform(2.5, 3.5); off[0, :, 1] = -rng.uniform(0.4, 0.5) * L * np.abs(np.sin(np.pi * n * u + rng.uniform(0, 0.5)))
-    elif name in ('drop', 'rise'):
-        u0 = rng.uniform(0.45, 0.65); off[0, :, 1] = (1 if name == 'drop' else -1) * rng.uniform(0.5, 0.6) * L * np.minimum(u / u0, 1)**2
-    elif name == 'shake': off[0] = rng.normal(0, 0.04 * L, (T, 2))
-    elif fam == 'rotate':
-        sense = 1 if arg.startswith('cw') else -1
-        ang[0] = sense * np.deg2rad(rng.uniform(390, 450) if arg.endswith('fast') else rng.uniform(150, 210)) * u
-    elif fam == 'orbit':
-        sense = 1 if arg.startswith('cw') else -1; turns = rng.uniform(1.6, 1.9) if arg.endswith('fast') else rng.uniform(0.75, 0.95)
-        R, ph = rng.uniform(0.22, 0.28) * L, rng.uniform(0, 2*np.pi)
-        a = ph + sense * 2*np.pi * turns * u; off[0] = np.stack([R * np.cos(a), R * np.sin(a)], -1)
-    elif name == 'grow': scl[0] = np.interp(u, [0, 1], [0.55, 1.45])
-    elif name == 'shrink': scl[0] = np.interp(u, [0, 1], [1.45, 0.55])
-    elif name == 'grow_then_shrink': scl[0] = 0.55 + 0.9 * np.sin(np.pi * u)
-    elif name == 'shrink_then_grow': scl[0] = 1.45 - 0.9 * np.sin(np.pi * u)
-    elif name == 'pulse': scl[0] = 1 + 0.4 * np.sin(2*np.pi*(rng.uniform(2.0, 2.7) * u) + rng.uniform(0, 2*np.pi))
-    elif name in ('appear', 'vanish'):
-        a = rng.uniform(0.25, 0.45); v = _smooth((u - a) / 0.25); vis[0] = v if name == 'appear' else 1 - v
-    elif name == 'blink':
-        f, ph = rng.uniform(2.5, 3.2), rng.uniform(0, 1); vis[0] = ((f * u + ph) % 1 < 0.5).astype(float)
+    "The motion of class `name` over normalised time `u`: per object offsets (2, T, 2), angle, size, visibility and flash (2, T), and `single` (object 1 a static distractor)."
+    if name in _MOTION_FAMILIES and not name.endswith('_'): fn, arg = _MOTION_FAMILIES[name], ''
     else:
-        single, axis = False, (0 if name.endswith(('horizontal', 'left_then_right', 'right_then_left')) else 1)
-        if fam == 'flash':
-            first = 0 if name.startswith(('flash_left', 'flash_top')) else 1
-            sep = rng.uniform(0.4, 0.5) * L
-            off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
-            off[:, :, 1 - axis] += rng.uniform(-0.06, 0.06, (2, 1)) * L
-            for k, c in ((first, rng.uniform(0.2, 0.33)), (1 - first, rng.uniform(0.67, 0.8))):
-                fl[k] = np.clip((0.14 - np.abs(u - c)) / 0.05, 0, 1)
-        elif fam in ('approach', 'separate'):
-            far, near = rng.uniform(0.6, 0.7) * L, rng.uniform(0.22, 0.28) * L
-            sep = (far + (near - far) * u) if fam == 'approach' else (near + (far - near) * u)
-            off[0, :, axis], off[1, :, axis] = -sep / 2, sep / 2
-        elif fam == 'swap':
-            sep, lift, s = rng.uniform(0.45, 0.55) * L, rng.uniform(0.15, 0.22) * L, rng.choice([-1, 1])
-            off[0, :, axis], off[0, :, 1 - axis] = -sep / 2 * np.cos(np.pi * u), s * lift * np.sin(np.pi * u)
-            off[1] = -off[0]
-        else: raise DataError(f"{name!r} is not a motion class; see tamt.data.synthetic.MOTIONS")
-    return dict(off=off, ang=ang, scl=scl, vis=vis, flash=fl, single=single)
+        key = next((k for k in _MOTION_FAMILIES if k.endswith('_') and name.startswith(k)), None)
+        if key is None: raise DataError(f"{name!r} is not a motion class; see tamt.data.synthetic.MOTIONS")
+        fn, arg = _MOTION_FAMILIES[key], name[len(key):]
+    T = len(u)
+    m = dict(off=np.zeros((2, T, 2), np.float32), ang=np.zeros((2, T)), scl=np.ones((2, T)), vis=np.ones((2, T)), flash=np.zeros((2, T)), single=True)
+    fn(m, arg, u, rng)
+    return m
 
 # %% ../../nbs/08_data.synthetic.ipynb #ca78bda3
 DOMAIN_STYLE = {
