@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #86b99084
 from __future__ import annotations
-import os, csv, json, errno, tempfile, random, contextlib, hashlib, dataclasses, platform
+import os, ast, csv, json, errno, tempfile, random, contextlib, hashlib, dataclasses, platform
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,8 +12,9 @@ import tamt
 
 # %% auto #0
 __all__ = ['PROJECT', 'TamtError', 'VideoError', 'DataError', 'ConfigError', 'WriteError', 'seed_seq', 'rng_for', 'torch_gen_for',
-           'set_seed', 'atomic_path', 'save_json', 'read_yaml', 'save_csv', 'save_torch', 'load_torch', 'ConfigMixin',
-           'pick_device', 'machine_name', 'data_home']
+           'set_seed', 'atomic_path', 'save_json', 'read_yaml', 'save_csv', 'text_table', 'write_figure', 'bar_figure',
+           'parse_value', 'parse_params', 'save_torch', 'load_torch', 'ConfigMixin', 'pick_device', 'machine_name',
+           'data_home']
 
 # %% ../nbs/00_core.ipynb #9a639af4
 class TamtError(Exception):
@@ -48,14 +49,20 @@ def seed_seq(seed:int, *keys) -> np.random.SeedSequence:
     # the key count ends the entropy: SeedSequence ignores trailing zeros, so (s, 5) and (s, 5, 0) would collide
     return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *map(_k, keys), len(keys) + 1])
 
+
+# %% ../nbs/00_core.ipynb #bdd622fe
 def rng_for(seed:int, *keys) -> np.random.Generator:
     "A NumPy generator that depends only on `seed` and `keys`."
     return np.random.default_rng(seed_seq(seed, *keys))
 
+
+# %% ../nbs/00_core.ipynb #958f37d4
 def torch_gen_for(seed:int, *keys) -> torch.Generator:
     "A CPU `torch.Generator` that depends only on `seed` and `keys`."
     return torch.Generator().manual_seed(int(seed_seq(seed, *keys).generate_state(1, np.uint64)[0] >> 1))
 
+
+# %% ../nbs/00_core.ipynb #6baf5b5d
 def set_seed(seed:int):
     "Seed Python, NumPy and torch global generators (for code outside `tamt` that uses them)."
     random.seed(seed); np.random.seed(seed & 0xFFFFFFFF); torch.manual_seed(seed)
@@ -116,6 +123,60 @@ def save_csv(rows:list[dict], path, cols:list|None=None) -> Path:
             w = csv.DictWriter(f, fieldnames=cols, extrasaction='ignore'); w.writeheader(); w.writerows(rows)
     return Path(path)
 
+# %% ../nbs/00_core.ipynb #91b9bc14
+def text_table(rows:list[dict], cols:list|None=None) -> str:
+    "Rows as an aligned text table."
+    if not rows: return '(no rows)'
+    cols = cols or list(rows[0])
+    s = [{c: '' if r.get(c) is None else str(r.get(c)) for c in cols} for r in rows]
+    w = {c: max(len(c), *(len(r[c]) for r in s)) for c in cols}
+    line = lambda r: '  '.join(r[c].ljust(w[c]) for c in cols).rstrip()
+    return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in s])
+
+# %% ../nbs/00_core.ipynb #72eb3f3b
+def write_figure(fig, path) -> Path:
+    "A plotly figure as an HTML file at `path`, written atomically."
+    with atomic_path(path) as tmp: fig.write_html(str(tmp), include_plotlyjs='cdn')
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #2773b515
+def bar_figure(rows:list[dict], x, y, err=None, points=None, group:str='method', title:str='', yaxis_title:str='', height:int=420):
+    "Bars of `y(row)` at `x(row)`, one colour per `row[group]`, error bars `err(row)`; `points(row)` (a list of (value, interval)) adds dots."
+    import plotly.graph_objects as go, plotly.express as px
+    fig = go.Figure(); colors = px.colors.qualitative.Plotly
+    for i, g in enumerate(dict.fromkeys(r.get(group) for r in rows)):
+        rs = [r for r in rows if r.get(group) == g]; xs = [x(r) for r in rs]; c = colors[i % len(colors)]
+        e = [err(r) for r in rs] if err else []
+        fig.add_trace(go.Bar(name=str(g if g is not None else yaxis_title), x=xs, y=[y(r) for r in rs], offsetgroup=str(g), marker_color=c,
+                             opacity=0.75 if points else 1, error_y=dict(type='data', array=e) if e and None not in e else None))
+        if points:
+            pts = [(xi, v, ci) for xi, r in zip(xs, rs) for v, ci in points(r)]
+            fig.add_trace(go.Scatter(name=f'{g} (each)', x=[p[0] for p in pts], y=[p[1] for p in pts], mode='markers', offsetgroup=str(g),
+                                     showlegend=False, marker=dict(color='black', size=5),
+                                     error_y=dict(type='data', array=[p[2] for p in pts], thickness=1, width=2)))
+    fig.update_layout(barmode='group', scattermode='group', height=height, title=title, yaxis_title=yaxis_title, showlegend=len(fig.data) > 1)
+    return fig
+
+# %% ../nbs/00_core.ipynb #34e9e9cb
+def parse_value(s:str):
+    "A command-line parameter value: JSON ('2', '1e-3', 'true', '[1, 5]', '{\"depth\": 2}'), else a Python literal ('None', \"['a']\"), else the string."
+    try: return json.loads(s)
+    except ValueError: pass
+    try: return ast.literal_eval(s)
+    except (ValueError, SyntaxError, MemoryError, RecursionError): return s
+
+# %% ../nbs/00_core.ipynb #f9315d8c
+def parse_params(pairs:list|None=None, files:list|None=None) -> dict:
+    "Parameters from YAML files, then `-p NAME VALUE` / `-p NAME=VALUE` pairs (later ones win)."
+    out = {}
+    for f in files or []: out.update(read_yaml(f, 'parameters file'))
+    for it in pairs or []:
+        if len(it) == 1 and '=' in it[0]: k, v = it[0].split('=', 1)
+        elif len(it) == 2: k, v = it
+        else: raise ConfigError(f"-p {' '.join(it)}: give -p NAME VALUE (or -p NAME=VALUE)")
+        out[k.strip()] = parse_value(v)
+    return out
+
 # %% ../nbs/00_core.ipynb #e9566a52
 class _Sink:
     "The file `torch.save` writes to, keeping the first OS error (torch reports it as 'unexpected pos' when the zip is closed)."
@@ -135,6 +196,8 @@ def save_torch(obj, path):
             raise
     return Path(path)
 
+
+# %% ../nbs/00_core.ipynb #43737e43
 def load_torch(path, map_location='cpu'):
     "Load a torch file with `weights_only=True`, naming the file when it is missing or not a torch file."
     path = Path(path)

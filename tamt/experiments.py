@@ -10,15 +10,17 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 import multiprocessing as mp
-from .core import read_yaml, TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv, atomic_path
+from fastcore.script import Param
+from .core import read_yaml, TamtError, ConfigError, ConfigMixin, PROJECT, save_json, save_csv
+from .core import text_table, write_figure, bar_figure, parse_value, parse_params
 from .data.sources import builtin_root
 
 # %% auto #0
 __all__ = ['EXPERIMENTS_DIR', 'DONE', 'FAILED', 'RUN', 'LAUNCHERS', 'SLURM_KEYS', 'JOBS', 'experiment_notebooks', 'notebook_path',
            'source_params', 'notebook_params', 'check_values', 'check_params', 'describe_params', 'guard_params',
-           'ExperimentFailed', 'is_complete', 'run_experiment', 'main_job', 'Sweep', 'load_sweep', 'expand_grid',
-           'run_name', 'merge_slurm', 'slurm_params', 'run_sweep', 'write_figure', 'result_scalars', 'collect',
-           'sweep_figure', 'sweep_executor', 'sweep_command', 'default_out', 'text_table', 'results_table']
+           'ExperimentFailed', 'is_complete', 'run_experiment', 'Sweep', 'load_sweep', 'expand_grid', 'run_name',
+           'merge_slurm', 'slurm_params', 'run_sweep', 'result_scalars', 'collect', 'sweep_figure', 'sweep_executor',
+           'default_out', 'results_table', 'tamt_run', 'slurm_options', 'tamt_sweep']
 
 # %% ../nbs/50_experiments.ipynb #c73b3f44
 def _experiments_dir() -> Path:
@@ -32,6 +34,8 @@ def experiment_notebooks() -> dict:
     "{name: path} of the experiment notebooks in `EXPERIMENTS_DIR`."
     return {p.stem: p for p in sorted(EXPERIMENTS_DIR.glob('*.ipynb'))}
 
+
+# %% ../nbs/50_experiments.ipynb #3363a3a4
 def notebook_path(notebook) -> Path:
     "The notebook file of `notebook`: an experiment name ('pipeline') or a path to a .ipynb file."
     p = Path(notebook)
@@ -73,6 +77,8 @@ def source_params(source:str) -> dict:
     from papermill.translators import PythonTranslator
     return _spec(PythonTranslator.inspect(nbformat.v4.new_code_cell(source)))
 
+
+# %% ../nbs/50_experiments.ipynb #a791bbba
 def notebook_params(notebook) -> dict:
     "The parameters (`source_params`) of the notebook's cell tagged `parameters`, in its order."
     import nbformat
@@ -154,10 +160,14 @@ class ExperimentFailed(TamtError):
 
 DONE, FAILED, RUN = 'done.json', 'failed.json', 'run.json'
 
+
+# %% ../nbs/50_experiments.ipynb #66e87b92
 def is_complete(run_dir) -> bool:
     "A run folder holding `results.json` and the done marker."
     d = Path(run_dir); return (d/'results.json').is_file() and (d/DONE).is_file()
 
+
+# %% ../nbs/50_experiments.ipynb #600ed23d
 class _Tee:
     def __init__(self, *fs): self.fs = fs
     def write(self, s):
@@ -204,15 +214,6 @@ def run_experiment(notebook, out_dir, params:dict|None=None, *, kernel_name:str=
     save_json(dict(status='done', notebook=str(nb), params=p, seconds=secs, finished=time.strftime('%Y-%m-%d %H:%M:%S')), out/DONE)
     return res
 
-# %% ../nbs/50_experiments.ipynb #ef871559
-def main_job(out_dir='runs/main', params:dict|None=None, stream:bool=True, log=print) -> dict:
-    "The README's main job: `nbs/experiments/pipeline.ipynb` through papermill into `out_dir`, then the final results table."
-    res = run_experiment('pipeline', out_dir, params, stream=stream)
-    out = Path(out_dir)
-    if not stream: log(results_table(res['rows']))     # a streamed run has just printed it
-    log(f"\nresults: {out/'results.csv'} (and .json), figure {out/'results.html'}, executed notebook {out/'pipeline.ipynb'}")
-    return res
-
 # %% ../nbs/50_experiments.ipynb #2bcc0087
 @dataclass
 class Sweep(ConfigMixin):
@@ -227,6 +228,8 @@ class Sweep(ConfigMixin):
     launcher: str = 'local'
     slurm: dict = field(default_factory=dict)
 
+
+# %% ../nbs/50_experiments.ipynb #2233b258
 def load_sweep(path) -> Sweep:
     "A `Sweep` from a YAML file; unknown keys and malformed grids are refused naming them."
     path = Path(path); d = read_yaml(path, 'sweep file')
@@ -241,6 +244,8 @@ def expand_grid(grid:dict) -> list[dict]:
     keys = list(grid)
     return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
+
+# %% ../nbs/50_experiments.ipynb #f8496a2d
 def _fmt(v) -> str:
     if isinstance(v, (list, tuple)): return '+'.join(map(_fmt, v))
     if isinstance(v, dict): return ','.join(f'{k}-{_fmt(x)}' for k, x in sorted(v.items()))
@@ -384,12 +389,6 @@ def run_sweep(sweep:Sweep|str|Path, parallel:int|None=None, out=None, kernel_nam
             for i, f in enumerate(as_completed(futs), 1): finished(i, futs[f], f.result())
     return collect(root, names, sw.grid, sw.metric, nb.stem)
 
-# %% ../nbs/50_experiments.ipynb #e6fc689f
-def write_figure(fig, path) -> Path:
-    "A plotly figure as an HTML file at `path`, written atomically."
-    with atomic_path(path) as tmp: fig.write_html(str(tmp), include_plotlyjs='cdn')
-    return Path(path)
-
 # %% ../nbs/50_experiments.ipynb #1ac19d61
 def result_scalars(d:dict) -> dict:
     "The scalar entries of a run's result `d` (for a list of numbers, its last value as `<key>_last`), for one-line reports and sweep tables."
@@ -400,6 +399,8 @@ def result_scalars(d:dict) -> dict:
         elif isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v): out[f'{k}_last'] = v[-1]
     return out
 
+
+# %% ../nbs/50_experiments.ipynb #2376073e
 def _read(p:Path):
     try: return json.loads(p.read_text())
     except (OSError, ValueError): return None
@@ -428,25 +429,21 @@ def collect(root, runs:list|None=None, grid:dict|None=None, metric:str|None=None
     write_figure(sweep_figure(rows, metric, title), root/'table.html')
     return rows
 
+
+# %% ../nbs/50_experiments.ipynb #3706aed6
 def sweep_figure(rows:list[dict], metric:str|None=None, title:str='sweep'):
     "Bars of `metric` per run (95 % intervals when `<metric>`'s `acc_ci95` is there), one colour per method when runs have several."
-    import plotly.graph_objects as go
     done = [r for r in rows if r.get('status') == 'done']
     if metric is None: metric = next((m for m in ('acc_mean', 'sl_top1', 'best_val') if any(r.get(m) is not None for r in done)), None)
     if metric is None: metric = next((k for r in done for k, v in r.items() if k not in ('seconds',) and isinstance(v, (int, float))
                                       and not isinstance(v, bool)), None)
-    fig = go.Figure()
-    if metric is not None:
-        label = lambda r: ' '.join([r['run']] + [f"{r[k]}" for k in ('target',) if r.get(k) is not None]
-                                   + ([f"{r['n_shot']}-shot"] if r.get('n_shot') is not None and r.get('method') else []))
-        for m in dict.fromkeys(r.get('method') for r in done):
-            rs = [r for r in done if r.get('method') == m and r.get(metric) is not None]
-            err = dict(type='data', array=[r['acc_ci95'] for r in rs]) if metric == 'acc_mean' and all(r.get('acc_ci95') is not None for r in rs) else None
-            fig.add_trace(go.Bar(name=str(m or metric), x=[label(r) for r in rs], y=[r[metric] for r in rs], error_y=err))
+    label = lambda r: ' '.join([r['run']] + [f"{r[k]}" for k in ('target',) if r.get(k) is not None]
+                               + ([f"{r['n_shot']}-shot"] if r.get('n_shot') is not None and r.get('method') else []))
     failed = sum(r.get('status') == 'failed' for r in rows)
-    fig.update_layout(barmode='group', title=f"{title}: {metric or 'no results yet'}" + (f" ({failed} failed)" if failed else ''),
-                      yaxis_title=metric or '', height=400, showlegend=len(fig.data) > 1)
-    return fig
+    return bar_figure([r for r in done if metric is not None and r.get(metric) is not None], x=label, y=lambda r: r[metric],
+                      err=(lambda r: r.get('acc_ci95')) if metric == 'acc_mean' else None, height=400, yaxis_title=metric or '',
+                      title=f"{title}: {metric or 'no results yet'}" + (f" ({failed} failed)" if failed else ''))
+
 
 # %% ../nbs/50_experiments.ipynb #580aa0ac
 def sweep_executor(launcher:str, folder, opts:dict|None=None, name:str='tamt-sweep', parallel:int|None=None):
@@ -545,40 +542,73 @@ def _sweep_jobs(root:Path, todo:list, nb:Path, kernel_name:str, launcher:str, op
         raise
     finally: bar.close()
 
-# %% ../nbs/50_experiments.ipynb #a4634f1c
-def sweep_command(grid, launcher:str|None=None, parallel:int|None=None, out=None, slurm:dict|None=None, wait:bool=True, log=print) -> int:
-    "`tamt sweep`: run the sweep file `grid` (`run_sweep`), print the table and the failed runs; 1 when a run failed."
-    sw = load_sweep(grid)
-    try: rows = run_sweep(sw, parallel=parallel, out=out, launcher=launcher, slurm=slurm, wait=wait, log=log)
-    except KeyboardInterrupt: log('tamt sweep: interrupted; the same command again skips the complete runs'); return 130
-    root = Path(out or sw.out).resolve()
-    keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
-    keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
-    keep = list(dict.fromkeys(keep + ['seconds']))
-    fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
-    log('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
-    failed = [r for r in rows if r['status'] == 'failed']
-    for r in failed: log(f"failed: {r['run']}: {r['error']}")
-    log(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
-    return 1 if failed else 0
-
 # %% ../nbs/50_experiments.ipynb #74b2d915
 def default_out(name:str) -> Path:
     "Run folder of an experiment notebook run by hand with `out_dir=None`: `runs/experiments/<name>` in the checkout (else here)."
     return (PROJECT or Path.cwd())/'runs'/'experiments'/name
 
 # %% ../nbs/50_experiments.ipynb #acbd91fa
-def text_table(rows:list[dict], cols:list|None=None) -> str:
-    "Rows as an aligned text table."
-    if not rows: return '(no rows)'
-    cols = cols or list(rows[0])
-    s = [{c: '' if r.get(c) is None else str(r.get(c)) for c in cols} for r in rows]
-    w = {c: max(len(c), *(len(r[c]) for r in s)) for c in cols}
-    line = lambda r: '  '.join(r[c].ljust(w[c]) for c in cols).rstrip()
-    return '\n'.join([line({c: c for c in cols}), line({c: '-' * w[c] for c in cols})] + [line(r) for r in s])
-
 def results_table(rows:list[dict]) -> str:
     "The (target, shot, method) rows of a pipeline as a text table with accuracy ± 95 % interval in %."
     return text_table([dict(target=r['target'], way=r['n_way'], shot=r['n_shot'], method=r['method'],
                             accuracy=f"{100 * r['acc_mean']:.2f} ± {100 * r['acc_ci95']:.2f} %", episodes=r['episodes'],
                             best_val='' if r.get('best_val') is None else f"{100 * r['best_val']:.1f} %") for r in rows])
+
+# %% ../nbs/50_experiments.ipynb #ef871559
+def tamt_run(notebook:str, # an experiment notebook: pretrain, finetune, evaluate, pipeline, or a .ipynb path
+             out:str=None, # folder for the run (required unless --show); finished stages are reused when run again
+             param:list=None, # a notebook parameter
+             params:list=None, # parameters from YAML files (before -p)
+             show:bool=False, # list the notebook's parameters (type, default, help) and exit
+             quiet:bool=False): # do not echo the notebook's output
+    "Run an experiment notebook through papermill and print its results (the main job: `tamt run pipeline --out runs/main`)."
+    if show: print(f"parameters of {notebook_path(notebook)}:\n{describe_params(notebook)}"); return 0
+    if not out: raise ConfigError("tamt run: give the run folder with --out (or --show to list the parameters)")
+    res = run_experiment(notebook, out, parse_params(param, params), stream=not quiet)
+    rows = res.get('rows')
+    if quiet and isinstance(rows, list) and rows and 'acc_mean' in rows[0]: print(results_table(rows))   # a streamed run printed it
+    print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items()))
+    o = Path(out); files = [str(o/f) for f in ('results.csv', 'results.json', 'results.html') if (o/f).exists()]
+    print(f"\nresults: {', '.join(files)}; executed notebook {o/notebook_path(notebook).name}")
+    return res
+
+# %% ../nbs/50_experiments.ipynb #c17c7639
+def slurm_options(items:list|None=None, **flags) -> dict:
+    "SLURM options from `--slurm KEY=VALUE` items (values as `-p`'s; a key that is not a SLURM option is an sbatch option, into `additional`) and flags."
+    out = {}
+    for it in items or []:
+        if '=' not in it: raise ConfigError(f"--slurm {it}: give --slurm KEY=VALUE")
+        k, v = (s.strip() for s in it.split('=', 1))
+        if k in SLURM_KEYS: out[k] = parse_value(v)
+        else: out.setdefault('additional', {})[k] = parse_value(v)
+    return {**out, **{k: v for k, v in flags.items() if v is not None}}
+
+# %% ../nbs/50_experiments.ipynb #a4634f1c
+def tamt_sweep(grid:str, # sweep file: notebook, out, params, grid (lists), parallel, metric, launcher, slurm
+               out:str=None, # folder for the runs and the table (default: the file's out)
+               parallel:int=None, # runs at once (default: the file's parallel, else 1 here and all on SLURM)
+               launcher:Param("where the runs go (default: the file's launcher, else local): local processes, one SLURM job each "
+                              "(through submitit), or submitit's jobs on this machine", str, choices=LAUNCHERS)=None,
+               wait:bool=True, # --no-wait: submit the jobs and return; the same command again waits for them and collects
+               partition:str=None, # SLURM partition of each job (this and the options below override the file's slurm: section)
+               time:str=None, # time limit of each job: minutes or [D-]HH:MM:SS (default 24:00:00)
+               gpus:int=None, # GPUs per job
+               cpus:int=None, # CPUs per job
+               mem:str=None, # memory per job: GB, or with a unit (500M, 64G)
+               slurm:Param("another SLURM option: account, qos, constraint, setup, or any sbatch option (reservation=r1)", str,
+                           action='append')=None) -> int:
+    "Run an experiment notebook over the parameter grid of a sweep file and print one table; 1 when a run failed."
+    sw = load_sweep(grid)
+    opts = slurm_options(slurm, partition=partition, time=time, gpus=gpus, cpus=cpus, mem=mem)
+    try: rows = run_sweep(sw, parallel=parallel, out=out, launcher=launcher, slurm=opts, wait=wait)
+    except KeyboardInterrupt: print('tamt sweep: interrupted; the same command again skips the complete runs'); return 130
+    root = Path(out or sw.out).resolve()
+    keep = ['run', 'status'] + [k for k in ('target', 'n_shot', 'method') if any(r.get(k) is not None for r in rows)]
+    keep += [k for k in (sw.metric, 'acc_mean', 'acc_ci95', 'sl_top1', 'best_val') if k and any(r.get(k) is not None for r in rows)]
+    keep = list(dict.fromkeys(keep + ['seconds']))
+    fmt = lambda v: f'{v:.4f}' if isinstance(v, float) else v
+    print('\n' + text_table([{k: fmt(r.get(k)) for k in keep} for r in rows]))
+    failed = [r for r in rows if r['status'] == 'failed']
+    for r in failed: print(f"failed: {r['run']}: {r['error']}")
+    print(f"table: {root/'table.csv'}, figure: {root/'table.html'}")
+    return 1 if failed else 0

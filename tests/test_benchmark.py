@@ -17,9 +17,9 @@ def failures(checks):
 
 @pytest.mark.slow
 def test_main_job_holds_its_claims(tmp_path):
-    "`tamt main` with its defaults, into a fresh folder: every claim is checked, on both targets and both shots, and every one holds."
+    "`tamt run pipeline` with its defaults, into a fresh folder: every claim is checked, on both targets and both shots, and every one holds."
     out = tmp_path / 'main'
-    r = subprocess.run([TAMT, 'main', '--out', str(out), '-q'], capture_output=True, text=True, timeout=3000)
+    r = subprocess.run([TAMT, 'run', 'pipeline', '--out', str(out), '-q'], capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / 'results.json').read_text())
     checks = res['checks']

@@ -1,5 +1,5 @@
 """The experiment notebooks run through papermill with tiny parameters (a tiny model on a small built-in dataset), the main
-job (`tamt main`, the pipeline notebook), a 2-run sweep through `tamt sweep` with a failing third run, and bad parameters."""
+job (`tamt run pipeline`, the pipeline notebook), a 2-run sweep through `tamt sweep` with a failing third run, and bad parameters."""
 import csv, hashlib, json, re, subprocess, sys
 from pathlib import Path
 import nbformat
@@ -133,10 +133,10 @@ def test_evaluate_notebook(pretrained, data, tmp_path):
 
 
 def test_main_job_runs_the_pipeline(data, tmp_path):
-    """`tamt main` runs the pipeline notebook over two seeds: pre-train each seed here, then per target tune and evaluate every
+    """`tamt run pipeline` runs the pipeline notebook over two seeds: pre-train each seed here, then per target tune and evaluate every
     method and shot, the checks (random floor, one-frame control, source-domain episodes), the summary over seeds and the claims."""
     out = tmp_path / 'main'
-    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
+    r = tamt('run', 'pipeline', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
              '-p', 'ssl_epochs', 1, '-p', 'sl_epochs', 1, '-p', 'pretrain_overrides', '{"ssl_batch": 4, "sl_batch": 4}',
              '-p', 'source_test', 'source/train', '-p', 'shots', '[1, 2]', '-p', 'ablation_shots', '[2]', '-p', 'n_way', 3,
              '-p', 'ft_epochs', 1, '-p', 'ft_episodes', 2, '-p', 'ft_val_episodes', 3, '-p', 'ft_n_query', 1,
@@ -223,7 +223,7 @@ def test_pipeline_refuses_episodes_that_do_not_fit_before_training(data, tmp_pat
     """Every kind of episode the pipeline will draw is checked in the set-up cell: the source-domain episodes, and each target's
     fine-tuning, validation and test episodes; too-small splits fail together, before any pre-training."""
     out = tmp_path / 'p'
-    r = tamt('main', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
+    r = tamt('run', 'pipeline', '--out', out, '-p', 'data', data, '-p', 'source', 'pretrain', '-p', 'preset', 'cpu_tiny', '-p', 'model', json.dumps(TINY),
              '-p', 'shots', '[5]', '-p', 'ft_n_query', 5, '-p', 'device', 'cpu')
     assert r.returncode == 1
     assert 'fewer than n_shot + n_query = 10 videos' in r.stderr and 'move_left' in r.stderr

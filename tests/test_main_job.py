@@ -1,4 +1,4 @@
-"""The data commands, run as a user runs them: the `tamt` console script in a subprocess (the main job, `tamt main`, is tested in
+"""The data commands, run as a user runs them: the `tamt` console script in a subprocess (the main job, `tamt run pipeline`, is tested in
 test_experiments.py: it runs the pipeline notebook)."""
 import json, subprocess, sys
 from pathlib import Path

@@ -11,13 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 import tamt
-from ..core import DataError, VideoError, ConfigError
-from .video import open_video
+from fastcore.script import Param
+from ..core import DataError, VideoError, ConfigError, save_json
+from .video import open_video, BACKENDS, EXTRA_BACKENDS
 
 # %% auto #0
 __all__ = ['VIDEO_EXTS', 'SPLITS_DIR', 'RELEASED_SPLITS', 'VideoList', 'from_folder', 'splits_dirs', 'find_split',
            'read_split_file', 'from_split', 'builtin_root', 'resolve_split', 'load_split', 'from_list', 'check_video',
-           'validate']
+           'validate', 'load_source', 'tamt_data_validate']
 
 # %% ../../nbs/04_data.sources.ipynb #e2d7a2fb
 VIDEO_EXTS = ('.mp4', '.avi', '.webm', '.mkv', '.mov', '.m4v', '.mpg', '.mpeg', '.flv', '.wmv')
@@ -78,6 +79,8 @@ def splits_dirs(splits_dir=None) -> list[Path]:
     "Where split sets are looked up, in order: `splits_dir`, `$TAMT_SPLITS`, the released split files shipped with tamt."
     return [Path(p).expanduser() for p in (splits_dir, os.environ.get('TAMT_SPLITS'), SPLITS_DIR) if p]
 
+
+# %% ../../nbs/04_data.sources.ipynb #e07c0bbb
 def find_split(spec, splits_dir=None) -> Path:
     "The split file of `spec`: a split file's path, or a split set and split name such as 'hmdb51-molo/novel'."
     p = Path(spec)
@@ -166,10 +169,16 @@ def builtin_root(data='builtin') -> Path|None:
     m = read_manifest(data)
     return Path(data) if m is not None and m.get('generator') == 'tamt.data.synthetic' else None
 
-def resolve_split(spec, data='builtin', splits_dir=None) -> tuple[Path, Path]:
-    "(split file, data root) of split `spec` on `data`: a built-in '<domain>/<split>', a released '<set>/<split>' (`find_split`) or a split file."
+
+# %% ../../nbs/04_data.sources.ipynb #2a3e95c4
+def resolve_split(spec, data='builtin', splits_dir=None) -> tuple[Path, Path|None]:
+    "(split file, data root) of split `spec` on `data`: a built-in '<domain>/<split>', a released '<set>/<split>' (`find_split`) or a split file; `data=None`: a split file or released set as written, else the default built-in dataset."
     spec = str(spec)
     if spec.startswith('builtin:'): raise ConfigError(f"split {spec!r}: write {spec[len('builtin:'):]!r} with data='builtin' (or a built-in dataset's folder)")
+    if data is None:                              # no data root: a split file or released set keeps its paths as written
+        try: return find_split(spec, splits_dir), None
+        except DataError:
+            if Path(spec).suffix in ('.json', '.gz') or Path(spec).is_absolute(): raise    # a file's path: no built-in split
     b = builtin_root(data)
     if b is not None:
         for f in [b/f'{spec}.json', b/spec, Path(spec), Path(f'{spec}.json')]:
@@ -180,6 +189,8 @@ def resolve_split(spec, data='builtin', splits_dir=None) -> tuple[Path, Path]:
     if not root.is_dir(): raise ConfigError(f"data={str(data)!r} is neither 'builtin' nor a folder (a built-in dataset or a data root)")
     return find_split(spec, splits_dir), root
 
+
+# %% ../../nbs/04_data.sources.ipynb #8fb49e8c
 def load_split(spec, data='builtin', splits_dir=None) -> VideoList:
     "The `VideoList` of split `spec` on `data` (`resolve_split`; released paths remapped onto the data root)."
     return from_split(*resolve_split(spec, data, splits_dir))
@@ -213,6 +224,8 @@ def check_video(path, min_frames:int=1, backend:str='auto') -> str|None:
     except Exception as e: return f'{type(e).__name__}: {e}'
     return None
 
+
+# %% ../../nbs/04_data.sources.ipynb #dd8c55eb
 def validate(videos:VideoList, min_frames:int=1, backend:str='auto', n_workers:int=4, progress:bool=True) -> list[dict]:
     "Every video of `videos` that is missing, unreadable or shorter than `min_frames`, with the reason."
     def one(i): return i, check_video(videos.paths[i], min_frames, backend)
@@ -221,3 +234,27 @@ def validate(videos:VideoList, min_frames:int=1, backend:str='auto', n_workers:i
         for i, why in tqdm(ex.map(one, range(len(videos))), total=len(videos), desc=f'validate {Path(videos.name).name}', disable=not progress):
             if why: bad.append(dict(path=str(videos.paths[i]), label=int(videos.labels[i]), cls=videos.classes[videos.labels[i]], reason=why))
     return bad
+
+# %% ../../nbs/04_data.sources.ipynb #2e52fc80
+def load_source(source, data_root=None) -> VideoList:
+    "The videos of `source`: a class-per-folder tree, a `.txt` list of 'path label', or a split (`resolve_split`; missing files skipped, listed in `.skipped`)."
+    p = Path(source)
+    if p.is_dir(): return from_folder(p)
+    if p.suffix == '.txt': return from_list(p, data_root)
+    return from_split(*resolve_split(source, data_root), missing='skip')
+
+# %% ../../nbs/04_data.sources.ipynb #d4d4a65c
+def tamt_data_validate(source:str, # a split (hmdb51-molo/novel, a split file), a .txt list of "path label", or a folder with one sub-folder per class
+                       data_root:str=None, # the data root split paths are remapped onto
+                       min_frames:int=16, # fewest frames a usable video has
+                       backend:Param("video decoder", str, choices=('auto',) + BACKENDS + EXTRA_BACKENDS)='auto',
+                       num_workers:int=4, # videos checked at once
+                       out:str=None) -> int: # folder for bad_videos.json (the bad videos as JSON)
+    "List every missing, unreadable or too short video of a split, folder or list; 1 when there is one."
+    videos = load_source(source, data_root)
+    bad = [dict(path=p, reason='missing file') for p in getattr(videos, 'skipped', [])]
+    bad += validate(videos, min_frames, backend, num_workers)
+    for r in bad: print(f"{r['path']}: {r['reason']}")
+    print(f"{len(bad)} bad of {len(videos) + len(getattr(videos, 'skipped', []))} videos in {source}")
+    if out: save_json(bad, Path(out)/'bad_videos.json')
+    return 1 if bad else 0

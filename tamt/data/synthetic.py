@@ -8,14 +8,15 @@ import os, json, time, hashlib, colorsys, importlib, contextlib
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 import numpy as np
-from ..core import rng_for, save_json, DataError, ConfigError, data_home
+from ..core import rng_for, save_json, DataError, ConfigError, data_home, text_table
 from .video import write_video
 
 # %% auto #0
 __all__ = ['DIRECTIONS', 'MOTIONS', 'DOMAINS', 'SPLITS', 'CLASSES', 'VERSION', 'SIZE', 'FPS', 'MIN_FRAMES', 'MAX_FRAMES',
            'SHAPES', 'DOMAIN_STYLE', 'VIDEOS_PER_CLASS', 'SOURCE_TEST_FRACTION', 'DEFAULT_ROOT', 'list_classes',
            'render_video', 'videos_per_class', 'read_manifest', 'builtin_status', 'build_builtin', 'ensure_builtin',
-           'builtin_summary', 'builtin_splits']
+           'builtin_summary', 'builtin_splits', 'summary_table', 'tamt_data_build', 'tamt_data_summary',
+           'episode_check', 'tamt_data_episode']
 
 # %% ../../nbs/08_data.synthetic.ipynb #21cf1a39
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1),
@@ -491,3 +492,67 @@ def builtin_splits(root=None) -> dict:
     "{domain: {split: split file}} of the built-in dataset at `root` (default `DEFAULT_ROOT`), from its manifest."
     root = Path(DEFAULT_ROOT if root is None else root); m = read_manifest(root, required=True)
     return {d: {s: root/rel for s, rel in dm['split_files'].items()} for d, dm in m['domains'].items()}
+
+# %% ../../nbs/08_data.synthetic.ipynb #83406d53
+def summary_table(summary:dict) -> str:
+    "The built-in dataset's summary (`builtin_summary`) as a text table."
+    return text_table([dict(domain=d, split=s, **v) for d, sp in summary.items() for s, v in sp.items()])
+
+# %% ../../nbs/08_data.synthetic.ipynb #f25bf012
+def tamt_data_build(data_root:str=None, # the built-in dataset's folder (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)
+                    seed:int=0, # seed of the whole dataset
+                    scale:float=1.0, # fraction of the default number of videos per class
+                    force:bool=False, # build again even when a complete build for the same request is there
+                    num_workers:int=None) -> str: # rendering processes (default: the CPUs)
+    "Generate the built-in dataset and print its summary."
+    root = build_builtin(data_root, seed, scale, n_workers=num_workers, force=force)
+    print(summary_table(builtin_summary(root)))
+    return str(root)
+
+# %% ../../nbs/08_data.synthetic.ipynb #26f10374
+def tamt_data_summary(data_root:str=None): # the built-in dataset's folder (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)
+    "Summarise the built-in dataset: classes, videos and frames per domain and split."
+    print(summary_table(builtin_summary(data_root)))
+
+# %% ../../nbs/08_data.synthetic.ipynb #87d35668
+def episode_check(root=None, seed:int=0, scale:float=1.0, domain:str='target_a', n_way:int=5, n_shot:int=1, n_query:int=2,
+                  frames:int=16, size:int=64, progress:bool=True, out=print) -> dict:
+    "Build the built-in dataset, summarise it, and load one seeded episode of `domain`'s novel classes."
+    from types import SimpleNamespace
+    from tamt.data.sources import load_split
+    from tamt.data.episodes import EpisodeSampler
+    from tamt.data.datasets import EpisodeDataset, eval_view
+    t0 = time.time()
+    root = build_builtin(root, seed=seed, scale=scale, progress=progress)
+    summ = builtin_summary(root)
+    out(f"built-in dataset at {root} (seed {seed}, scale {scale}), ready in {time.time() - t0:.1f} s\n")
+    out(summary_table(summ) + '\n')
+    if domain not in summ: raise ConfigError(f"domain={domain!r} is not one of {list(summ)}")
+    videos = load_split(f'{domain}/novel', root)
+    eps = EpisodeSampler(videos, n_way, n_shot, n_query, n_episodes=1, seed=seed, class_names=videos.classes)
+    ds = EpisodeDataset(videos, eps, *eval_view(SimpleNamespace(num_frames=frames, img_size=size)))
+    t1 = time.time(); video, labels = ds[0]
+    ep = eps.episode(0)
+    out(f"episode 0 of seed {seed}: {n_way}-way {n_shot}-shot, {n_query} queries per class, from {domain}/novel "
+        f"({time.time() - t1:.2f} s to decode and transform {video.shape[0] * video.shape[1]} clips)")
+    out(f"  video tensor (way, shot+query, C, T, H, W) = {tuple(video.shape)}, {video.dtype}, "
+        f"mean {video.mean():.3f}, std {video.std():.3f}")
+    for r in range(n_way):
+        names = [videos.paths[i].stem for i in ep.indices[r]]
+        out(f"  {videos.classes[int(labels[r, 0])]:<24} support {', '.join(names[:n_shot])} | query {', '.join(names[n_shot:])}")
+    return dict(root=str(root), summary=summ, episode=ep.indices.tolist(), classes=[videos.classes[c] for c in ep.classes],
+                shape=list(video.shape))
+
+# %% ../../nbs/08_data.synthetic.ipynb #e09cfaf5
+def tamt_data_episode(data_root:str=None, # the built-in dataset's folder (default: $TAMT_DATA/builtin, data/builtin in a source checkout, else ~/.cache/tamt/builtin)
+                      seed:int=0, # seed of the dataset and the episode
+                      scale:float=1.0, # fraction of the default number of videos per class
+                      domain:str='target_a', # the domain whose novel classes the episode comes from
+                      way:int=5, # classes per episode
+                      shot:int=1, # support videos per class
+                      query:int=2, # query videos per class
+                      out:str=None) -> dict: # folder for results.json (the check as JSON)
+    "The data check: build the built-in dataset, summarise it, load one seeded episode."
+    res = episode_check(data_root, seed, scale, domain, way, shot, query)
+    if out: save_json(res, Path(out)/'results.json')
+    return res

@@ -7,36 +7,55 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-import plotly.express as px
-import plotly.graph_objects as go
-from ..core import save_json, save_csv, ConfigError
+from ..core import save_json, save_csv, ConfigError, bar_figure, parse_params
 from ..models.checkpoints import load_model
-from ..data.sources import VideoList, from_split
+from ..data.sources import VideoList, load_split
 from .evaluate import evaluate
 from .finetune import FinetuneConfig, finetune, METHODS
 
 # %% auto #0
-__all__ = ['FIELDS', 'evaluate_checkpoint', 'tuning_seed', 'run_cell', 'write_table', 'seed_summary', 'benchmark_checks',
-           'summary_figure']
+__all__ = ['FIELDS', 'evaluate_checkpoint', 'tamt_evaluate', 'tuning_seed', 'run_cell', 'write_table', 'seed_summary',
+           'benchmark_checks', 'summary_figure']
 
 # %% ../../nbs/32_fewshot.harness.ipynb #b8a1453f
 def evaluate_checkpoint(checkpoint, split_file, data_root=None, n_way:int=5, n_shot:int=5, n_query:int=12, n_episodes:int=10000,
                         seed:int=0, protocol:str='cached', device='auto', out=None, progress:bool=True, **overrides) -> dict:
-    "Accuracy of `checkpoint` on the episodes of `split_file` (remapped onto `data_root`); `overrides` change the model configuration."
+    "Accuracy of `checkpoint` on the episodes of split `split_file` on `data_root` (`resolve_split`); `overrides` change the model configuration."
     model = load_model(checkpoint, verbose=progress, **overrides)
-    videos = from_split(split_file, data_root)
+    videos = load_split(split_file, data_root)
     res = evaluate(model, videos, n_way, n_shot, n_query, n_episodes, seed, protocol, device=device, progress=progress)
     res.update(checkpoint=str(checkpoint), split=str(split_file))
     if out is not None: save_json(res, out)
     return res
 
-# %% ../../nbs/32_fewshot.harness.ipynb #bfc4731d
-FIELDS = ['target', 'method', 'n_way', 'n_shot', 'acc_mean', 'acc_ci95', 'tunings', 'tune_std', 'tune_accs', 'episodes', 'best_val', 'train_seconds', 'checkpoint']
+# %% ../../nbs/32_fewshot.harness.ipynb #ccf4c03a
+def tamt_evaluate(checkpoint:str, # a checkpoint: tamt's, the released code's, VideoMAE's, or a Hugging Face folder
+                  split:str, # a released set's split ('hmdb51-molo/novel'), a built-in dataset's ('target_b/novel'), or a split file
+                  data_root:str=None, # the data root the split's paths are remapped onto (or a built-in dataset's folder)
+                  way:int=5, # classes per episode
+                  shot:int=5, # support videos per class
+                  query:int=12, # query videos per class
+                  episodes:int=10000, # episodes
+                  seed:int=0, # seed of the episodes
+                  protocol:str='cached', # 'cached' (each video embedded once), 'reembed', or 'released' (a random view per episode)
+                  device:str='auto', # 'auto', 'cpu', 'cuda' or 'cuda:N'
+                  out:str=None, # folder for results.json (the result with per-episode accuracies)
+                  param:list=None, # a model configuration override, e.g. -p num_frames 16
+                  params:list=None) -> dict: # parameters from YAML files (before -p)
+    "N-way K-shot accuracy of a checkpoint on a split (the released protocol or tamt's), printed and saved."
+    r = evaluate_checkpoint(checkpoint, split, data_root, way, shot, query, episodes, seed, protocol, device,
+                            Path(out)/'results.json' if out else None, **parse_params(param, params))
+    print(f"{way}-way {shot}-shot, {episodes} episodes: {100 * r['acc_mean']:.2f} ± {100 * r['acc_ci95']:.2f} % "
+          f"({r['clip_forwards']} clip forwards, {r['seconds']} s)")
+    return r
 
+# %% ../../nbs/32_fewshot.harness.ipynb #bfc4731d
 def tuning_seed(seed:int, repeat:int) -> int:
     "The tuning seed of repeat `repeat` of a cell of seed `seed`: the seed itself first, then 1000 · repeat + seed."
     return seed if repeat == 0 else 1000 * repeat + seed
 
+
+# %% ../../nbs/32_fewshot.harness.ipynb #b1a00175
 def run_cell(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList, target:str, method:str, n_shot:int, ft:FinetuneConfig|None=None,
              n_query:int=12, n_episodes:int=1000, seed:int=0, device='auto', progress:bool=True, repeats:int=1) -> dict:
     "One cell of a results table: `method` tuned at `n_shot` shots `repeats` times (the frozen baseline once), each tuning evaluated on the same seeded episodes of `novel`; the row's accuracy is their mean."
@@ -54,6 +73,10 @@ def run_cell(out_dir, init, base:VideoList, val:VideoList|None, novel:VideoList,
     return dict(target=target, method=method, n_way=ft.n_way, n_shot=n_shot, acc_mean=float(a.mean()), acc_ci95=float(np.mean([e['acc_ci95'] for r, e in runs])),
                 tunings=len(runs), tune_std=float(a.std(ddof=1)) if len(runs) > 1 else None, tune_accs=a.tolist(), episodes=n_episodes,
                 best_val=runs[0][0].get('best_val'), train_seconds=round(time.time() - t0, 1), checkpoint=runs[0][0]['checkpoint'])
+
+
+# %% ../../nbs/32_fewshot.harness.ipynb #0faae6a2
+FIELDS = ['target', 'method', 'n_way', 'n_shot', 'acc_mean', 'acc_ci95', 'tunings', 'tune_std', 'tune_accs', 'episodes', 'best_val', 'train_seconds', 'checkpoint']
 
 def write_table(rows:list[dict], out_dir):
     "results.json and results.csv in `out_dir`."
@@ -100,19 +123,11 @@ def benchmark_checks(rows:list[dict], scheme:str='ssl_sl', min_frozen:float=0.40
     return out
 
 # %% ../../nbs/32_fewshot.harness.ipynb #37243410
-def summary_figure(summary:list[dict], title:str='5-way accuracy on novel classes') -> go.Figure:
+def summary_figure(summary:list[dict], title:str='5-way accuracy on novel classes'):
     "Bars per method at the mean over seeds (error bar: std over seeds, or the episode interval for one seed), one dot per seed with its interval."
-    fig = go.Figure(); colors = px.colors.qualitative.Plotly
-    for i, m in enumerate(dict.fromkeys(r['method'] for r in summary)):
-        rs = [r for r in summary if r['method'] == m]; c = colors[i % len(colors)]
-        x = [f"{r['target']} {r['n_shot']}-shot" + ('' if r.get('scheme') in (None, 'ssl_sl') else f" ({r['scheme']})") for r in rs]
-        fig.add_trace(go.Bar(name=m, x=x, y=[100 * r['acc_mean'] for r in rs], offsetgroup=m, marker_color=c, opacity=0.75,
-                             error_y=dict(type='data', array=[100 * (r['acc_std'] if r['acc_std'] is not None else r['ci95_mean']) for r in rs])))
-        px_, py, pe = [], [], []
-        for xi, r in zip(x, rs): px_ += [xi] * r['n_seeds']; py += [100 * a for a in r['per_seed']]; pe += [100 * e for e in r['per_seed_ci95']]
-        fig.add_trace(go.Scatter(name=f'{m} (seeds)', x=px_, y=py, mode='markers', offsetgroup=m, showlegend=False, marker=dict(color='black', size=5),
-                                 error_y=dict(type='data', array=pe, thickness=1, width=2)))
     n = max((r['n_seeds'] for r in summary), default=1)
-    fig.update_layout(barmode='group', scattermode='group', height=420, yaxis_title='accuracy (%)',
-                      title=f"{title}: mean over {n} seed{'s' * (n > 1)} (bars, ±1 std{' over seeds' if n > 1 else ': one seed, 95 % interval'}) and each seed (dots, 95 % interval)")
-    return fig
+    return bar_figure(summary, x=lambda r: f"{r['target']} {r['n_shot']}-shot" + ('' if r.get('scheme') in (None, 'ssl_sl') else f" ({r['scheme']})"),
+                      y=lambda r: 100 * r['acc_mean'], err=lambda r: 100 * (r['acc_std'] if r['acc_std'] is not None else r['ci95_mean']),
+                      points=lambda r: [(100 * a, 100 * e) for a, e in zip(r['per_seed'], r['per_seed_ci95'])], yaxis_title='accuracy (%)',
+                      title=f"{title}: mean over {n} seed{'s' * (n > 1)} (bars, ±1 std{' over seeds' if n > 1 else ': one seed, 95 % interval'}) "
+                            "and each seed (dots, 95 % interval)")

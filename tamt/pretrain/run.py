@@ -4,14 +4,15 @@
 
 # %% ../../nbs/23_pretrain.run.ipynb #95de8af4
 from __future__ import annotations
-import math
+import json, math
+from fastcore.script import Param
 from dataclasses import dataclass, field
 from pathlib import Path
 import torch
 import torch.nn as nn
 from timm.loss import SoftTargetCrossEntropy, LabelSmoothingCrossEntropy
 from timm.optim import param_groups_weight_decay
-from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch
+from ..core import ConfigMixin, ConfigError, torch_gen_for, save_json, save_torch, parse_params
 from ..models.httn import HTTNConfig
 from ..models.checkpoints import checkpoint_filter_fn, read_checkpoint
 from ..data.sources import load_split
@@ -25,7 +26,7 @@ from .sl import VideoClassifier, VideoMixup, layer_decay_groups
 
 # %% auto #0
 __all__ = ['PRESETS', 'PretrainConfig', 'preset', 'Stage', 'ssl_stage', 'pretrain_ssl', 'epoch_means', 'top1', 'pretrain_sl',
-           'pretrain', 'ship_checkpoint']
+           'pretrain', 'tamt_pretrain', 'ship_checkpoint']
 
 # %% ../../nbs/23_pretrain.run.ipynb #37275e88
 @dataclass
@@ -86,6 +87,8 @@ class PretrainConfig(ConfigMixin):
         "The supervised stage's training view for a model configured by `model_cfg`: `train_view` with this recipe's crop, flip, RandAugment, erasing, decoding size and frame cache."
         return train_view(model_cfg, FrameReader(short_side=self.decode_short_side, cache_dir=self.cache_dir), self.sl_crop_scale, self.flip, self.randaug, self.erase)
 
+
+# %% ../../nbs/23_pretrain.run.ipynb #13c0e178
 PRESETS = {
     'vit_s_112': PretrainConfig(model=dict(embed_dim=384, depth=12, num_heads=6, img_size=112, num_frames=16), stride=2),
     'cpu_tiny': PretrainConfig(model=dict(embed_dim=96, depth=3, num_heads=2, img_size=64, patch_size=8, num_frames=8, groups=2,
@@ -124,6 +127,8 @@ class Stage:
     total_steps: int
     per_epoch: int
 
+
+# %% ../../nbs/23_pretrain.run.ipynb #19f19a61
 def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
     "The VideoMAE stage on `cfg.train_split` for this process `d`: data shard, model (DDP when several processes), AdamW, schedule."
     mcfg = cfg.model_config(); compile_mode(cfg.compile)          # a wrong compile mode fails before any work
@@ -150,6 +155,8 @@ def ssl_stage(cfg:PretrainConfig, d:Dist) -> Stage:
         return fwd(clips, mask), {}                     # a CPU mask: checked and indexed with no GPU sync
     return Stage(model, net, loss_fn, loader, opt, sched, total, per_epoch)
 
+
+# %% ../../nbs/23_pretrain.run.ipynb #1897f182
 def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
     "VideoMAE pre-training on `cfg.train_split`; writes `out_dir/ssl/` (run) and returns the loss per epoch and the checkpoint."
     d = dist or init_distributed(cfg.device)
@@ -163,6 +170,8 @@ def pretrain_ssl(out_dir, cfg:PretrainConfig, dist:Dist|None=None) -> dict:
     barrier(d)
     return dict(ssl_loss=epoch_means(run.metrics(), 'loss', s.per_epoch), checkpoint=str(ck), steps=s.total_steps)
 
+
+# %% ../../nbs/23_pretrain.run.ipynb #29755e3e
 def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
     "Mean of `key` over each epoch's logged rows."
     out = {}
@@ -171,12 +180,6 @@ def epoch_means(rows:list[dict], key:str, per_epoch:int) -> list[float]:
     return [sum(v) / len(v) for _, v in sorted(out.items())]
 
 # %% ../../nbs/23_pretrain.run.ipynb #8ccf4a1f
-def _backbone_state(path) -> dict:
-    "Backbone weights (VideoViT names) from an SSL / VideoMAE / tamt checkpoint file."
-    state = read_checkpoint(path)[0]
-    mapped, _ = checkpoint_filter_fn(state, source=str(path))
-    return {k[len('backbone.'):]: v for k, v in mapped.items() if k.startswith('backbone.') and '.adapter.' not in k}
-
 @torch.no_grad()
 def top1(model, loader, device) -> float:
     "Top-1 accuracy of `model` over `loader`."
@@ -184,6 +187,14 @@ def top1(model, loader, device) -> float:
     for clips, y in loader:
         right += (model(clips.to(device)).argmax(1).cpu() == y).sum().item(); total += len(y)
     return right / max(total, 1)
+
+
+# %% ../../nbs/23_pretrain.run.ipynb #c0190e8f
+def _backbone_state(path) -> dict:
+    "Backbone weights (VideoViT names) from an SSL / VideoMAE / tamt checkpoint file."
+    state = read_checkpoint(path)[0]
+    mapped, _ = checkpoint_filter_fn(state, source=str(path))
+    return {k[len('backbone.'):]: v for k, v in mapped.items() if k.startswith('backbone.') and '.adapter.' not in k}
 
 def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> dict:
     "Supervised post-training from `init` (an SSL or VideoMAE checkpoint, or None); returns top-1 per epoch and the hand-off checkpoint."
@@ -230,6 +241,8 @@ def pretrain_sl(out_dir, cfg:PretrainConfig, init=None, dist:Dist|None=None) -> 
     accs = [r['top1'] for r in run.metrics() if 'top1' in r]
     return dict(sl_top1=final, sl_top1_per_epoch=accs, checkpoint=str(ck), chance=1 / train.n_classes, steps=total)
 
+
+# %% ../../nbs/23_pretrain.run.ipynb #5759b2bc
 def pretrain(out_dir, cfg:PretrainConfig, stages=('ssl', 'sl'), init=None) -> dict:
     "SSL then SL (or either alone); writes `out_dir/results.json` and returns it."
     d = init_distributed(cfg.device)
@@ -241,6 +254,20 @@ def pretrain(out_dir, cfg:PretrainConfig, stages=('ssl', 'sl'), init=None) -> di
         res['checkpoint'] = r['checkpoint']
     else: res['checkpoint'] = res.get('ssl_checkpoint')
     if d.main: save_json(res, Path(out_dir)/'results.json')
+    return res
+
+# %% ../../nbs/23_pretrain.run.ipynb #929e0ba6
+def tamt_pretrain(out:Param("folder for the run (an existing one is resumed)", str, required=True)=None,
+                  preset:str='cpu_small', # 'cpu_small' (the built-in benchmark's source model, 2 CPU cores, ~45 min), 'cpu_tiny' (smoke tests) or 'vit_s_112' (the released recipe, GPU)
+                  stages:str='ssl,sl', # 'ssl,sl', 'ssl' or 'sl'
+                  init:str=None, # checkpoint the SL stage starts from when SSL is not run
+                  param:list=None, # a recipe parameter (PretrainConfig), e.g. -p ssl_epochs 2
+                  params:list=None) -> dict: # parameters from YAML files (before -p)
+    "Source pre-training: VideoMAE SSL, then supervised (runs under torchrun too); prints the result."
+    from tamt.pretrain.run import preset as recipe            # the argument `preset` hides the function of that name
+    if out is None: raise ConfigError("tamt pretrain: give the run folder with --out FOLDER")
+    res = pretrain(out, recipe(preset, **parse_params(param, params)), stages=tuple(stages.split(',')), init=init)
+    print(json.dumps({k: v for k, v in res.items() if k != 'config'}, indent=1))
     return res
 
 # %% ../../nbs/23_pretrain.run.ipynb #ba8f91e0
