@@ -20,18 +20,24 @@ __all__ = ['PROJECT', 'TamtError', 'VideoError', 'DataError', 'ConfigError', 'Wr
 class TamtError(Exception):
     "Base class of every error `tamt` raises on bad input."
 
+
+# %% ../nbs/00_core.ipynb #5a9edb78
 class VideoError(TamtError, ValueError):
     "A video file is missing, unreadable, corrupt or too short."
     def __init__(self, path, reason:str, hint:str=''):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}" + (f". {hint}" if hint else ''))
 
+
+# %% ../nbs/00_core.ipynb #47ac6aeb
 class DataError(TamtError, ValueError):
     "A dataset, split file, class or episode request does not fit."
 
+# %% ../nbs/00_core.ipynb #7f24cb67
 class ConfigError(TamtError, ValueError):
     "A parameter or configuration value is wrong."
 
+# %% ../nbs/00_core.ipynb #9f5aefaa
 class WriteError(TamtError, OSError):
     "A file could not be written (disk full, no permission); the file that was there is unchanged."
     def __init__(self, path, cause:OSError, note:str|None=None):
