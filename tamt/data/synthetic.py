@@ -470,9 +470,12 @@ def build_builtin(root=None, seed:int=0, scale:float=1.0, n_workers:int|None=Non
 
 # %% ../../nbs/08_data.synthetic.ipynb #a9036970
 def ensure_builtin(root=None) -> Path:
-    "The built-in dataset at `root` (default `data/builtin`): the complete build already there as it is, else the default build, made now."
+    "The built-in dataset at `root` (default `data/builtin`): the complete build there as it is (one with a missing or changed file made again for its own request), else the default build, made now."
     root = Path(DEFAULT_ROOT if root is None else root)
-    if not (root/'manifest.json').exists(): build_builtin(root, progress=False)
+    m = read_manifest(root)
+    if m is None or m.get('generator') != 'tamt.data.synthetic' or m.get('version') != VERSION: build_builtin(root, progress=False); return root
+    req = dict(seed=m.get('seed', 0), scale=m.get('scale', 1.0), domains=list(m.get('domains') or {}) or None, classes_per_split=m.get('classes_per_split'))
+    if builtin_status(root, **req) is not None: build_builtin(root, progress=False, **req)
     return root
 
 # %% ../../nbs/08_data.synthetic.ipynb #a23f3361
