@@ -567,7 +567,7 @@ def tamt_run(notebook:str, # an experiment notebook: pretrain, finetune, evaluat
     res = run_experiment(notebook, out, parse_params(param, params), stream=not quiet)
     rows = res.get('rows')
     if quiet and isinstance(rows, list) and rows and 'acc_mean' in rows[0]: print(results_table(rows))   # a streamed run printed it
-    print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items()))
+    print('\n'.join(f"{k}: {v}" for k, v in result_scalars(res).items() if v is not None and '\n' not in str(v)))   # tables were printed
     o = Path(out); files = [str(o/f) for f in ('results.csv', 'results.json', 'results.html') if (o/f).exists()]
     print(f"\nresults: {', '.join(files)}; executed notebook {o/notebook_path(notebook).name}")
     return res
