@@ -56,23 +56,27 @@ def add_command(sub, name:str, func) -> argparse.ArgumentParser:
     return q
 
 # %% ../nbs/99_cli.ipynb #b217958b
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv:list|None=None) -> argparse.ArgumentParser:
+    "The `tamt` parser: every subcommand of `COMMANDS`, built from its function (only the one `argv` chooses, when it chooses one)."
+    chosen = next((n for n in COMMANDS if n.split() == list(argv or [])[:len(n.split())]), None)
     p = argparse.ArgumentParser(prog='tamt', description='tamt: cross-domain few-shot action recognition workbench')
     sub, groups = p.add_subparsers(dest='cmd', required=True), {}
     for name, where in COMMANDS.items():
-        mod, fn = where.split(':'); func = getattr(importlib.import_module(mod), fn)
         *group, leaf = name.split()
         s = sub
         if group:
             if group[0] not in groups: groups[group[0]] = sub.add_parser(group[0], help=GROUPS[group[0]]).add_subparsers(dest=f'{group[0]}_cmd', required=True)
             s = groups[group[0]]
-        add_command(s, leaf, func)
+        if chosen not in (None, name): s.add_parser(leaf); continue         # not run: its module stays unimported
+        mod, fn = where.split(':')
+        add_command(s, leaf, getattr(importlib.import_module(mod), fn))
     return p
 
 # %% ../nbs/99_cli.ipynb #c9f25dcb
 def main(argv=None) -> int:
     "Entry point of the `tamt` console script: the chosen subcommand's function with the parsed arguments; its exit status."
-    a = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    a = _parser(argv).parse_args(argv)
     try: rc = a.func(**{k: getattr(a, k) for k in inspect.signature(a.func).parameters})
     except ExperimentFailed as e:
         print(f"tamt: the run failed: {e}", file=sys.stderr); return 1

@@ -251,10 +251,9 @@ def tamt_data_validate(source:str, # a split (hmdb51-molo/novel, a split file), 
                        num_workers:int=4, # videos checked at once
                        out:str=None) -> int: # folder for bad_videos.json (the bad videos as JSON)
     "List every missing, unreadable or too short video of a split, folder or list; 1 when there is one."
-    videos = load_source(source, data_root)
-    bad = [dict(path=p, reason='missing file') for p in getattr(videos, 'skipped', [])]
-    bad += validate(videos, min_frames, backend, num_workers)
+    videos = load_source(source, data_root); skipped = getattr(videos, 'skipped', [])
+    bad = [dict(path=p, reason='missing file') for p in skipped] + validate(videos, min_frames, backend, num_workers)
     for r in bad: print(f"{r['path']}: {r['reason']}")
-    print(f"{len(bad)} bad of {len(videos) + len(getattr(videos, 'skipped', []))} videos in {source}")
+    print(f"{len(bad)} bad of {len(videos) + len(skipped)} videos in {source}")
     if out: save_json(bad, Path(out)/'bad_videos.json')
     return 1 if bad else 0

@@ -473,10 +473,10 @@ def ensure_builtin(root=None) -> Path:
     "The built-in dataset at `root` (default `data/builtin`): the complete build there as it is (one with a missing or changed file made again for its own request), else the default build, made now."
     root = Path(DEFAULT_ROOT if root is None else root)
     m = read_manifest(root)
-    if m is None or m.get('generator') != 'tamt.data.synthetic' or m.get('version') != VERSION: build_builtin(root, progress=False); return root
-    req = dict(seed=m.get('seed', 0), scale=m.get('scale', 1.0), domains=list(m.get('domains') or {}) or None, classes_per_split=m.get('classes_per_split'))
-    if builtin_status(root, **req) is not None: build_builtin(root, progress=False, **req)
-    return root
+    ours = m is not None and m.get('generator') == 'tamt.data.synthetic' and m.get('version') == VERSION
+    req = dict(seed=m.get('seed', 0), scale=m.get('scale', 1.0), domains=list(m.get('domains') or {}) or None,
+               classes_per_split=m.get('classes_per_split')) if ours else {}
+    return build_builtin(root, progress=False, **req)       # at once when the build there is complete (builtin_status)
 
 # %% ../../nbs/08_data.synthetic.ipynb #a23f3361
 def builtin_summary(root=None) -> dict:
